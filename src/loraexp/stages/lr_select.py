@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import tinker
 
-from loraexp.artifacts import Run, is_finished, open_run, read_json, write_json_atomic
+from loraexp.artifacts import IfExists, Run, is_finished, open_run, read_json, write_json_atomic
 from loraexp.contracts import Contract, LoraCondition, RequestShape
 from loraexp.training import (
     CHECKPOINTS, METRICS, TrainingLoop, LoopState, load_datums, make_plan, new_training_client, train_with_resume,
@@ -33,11 +33,13 @@ def grid_points(contract: Contract) -> list[tuple[LoraCondition, int, float]]:
     return [(condition, size, lr) for condition in contract.lora.conditions for size, grid in batch_grids for lr in grid]
 
 
-def run_point(contract: Contract, service: Any, parent: Run, condition: LoraCondition, batch_size: int, lr: float, train_datums: Sequence[tinker.Datum], val_datums: Sequence[tinker.Datum], progress: bool) -> dict:
+def run_point(contract: Contract, service: Any, parent: Run, render_dir: Path, point: tuple[LoraCondition, int, float], train_datums: Sequence[tinker.Datum], val_datums: Sequence[tinker.Datum], if_exists: IfExists, progress: bool) -> dict:
     """One grid point as its own child run (resumable like any training run); returns its grid entry."""
+    condition, batch_size, lr = point
     child_id = f"{parent.run_id}-{condition.name}-bs{batch_size}-lr{lr:g}"
-    child = open_run(contract, "lr-select-point", child_id, "resume", parent.protocol_mode == "override")
+    child = open_run(contract, "lr-select-point", child_id, if_exists, parent.protocol_mode == "override")
     if not is_finished(child.dir):
+        child.add_input(render_dir, ["train.jsonl", "val.jsonl"])
         plan = make_plan(contract, lr, batch_size, len(train_datums), contract.lr_select.seed,
                          total_steps=contract.lr_select.steps, cadence=contract.lr_select.validate_at)
         records = train_with_resume(service, contract, condition, plan, train_datums, val_datums, child.dir, child_id, progress)
@@ -91,15 +93,15 @@ def probe_throughput(contract: Contract, service: Any, train_datums: Sequence[ti
     return results
 
 
-def run(contract: Contract, service: Any, run: Run, render_dir: Path, progress: bool = True) -> dict:
+def run(contract: Contract, service: Any, run: Run, render_dir: Path, if_exists: IfExists = "resume", progress: bool = True) -> dict:
     """The whole selection: grid child runs, per-condition choice, throughput probe, selection.json."""
     select = contract.lr_select
     run.add_input(render_dir, ["train.jsonl", "val.jsonl", "manifest.json"])
     train_datums = load_datums(render_dir / "train.jsonl", limit=select.train_rows)
     val_datums = load_datums(render_dir / "val.jsonl", limit=select.val_rows)
     log.info("lr-select: %d train / %d validation rows (first rows of each split), seed %d", len(train_datums), len(val_datums), select.seed)
-    entries = [run_point(contract, service, run, condition, size, lr, train_datums, val_datums, progress)
-               for condition, size, lr in grid_points(contract)]
+    entries = [run_point(contract, service, run, render_dir, point, train_datums, val_datums, if_exists, progress)
+               for point in grid_points(contract)]
     selection = {"rule": "per condition: lowest validation NLL over validate_at; tie -> smaller LR; "
                          "a batch-size candidate is adopted only if strictly better",
                  "seed": select.seed, "train_rows": len(train_datums), "val_rows": len(val_datums),

@@ -29,6 +29,7 @@ from loraexp.artifacts import JsonlWriter, read_jsonl, write_jsonl
 from loraexp.contracts import AdamSection, EpochOrder, RequestShape, TrainSection
 from loraexp.datums import mean_nll
 from loraexp.errors import UserError
+from loraexp.retry import MAX_ATTEMPTS, backoff_delay, call_with_retries, is_transient, permanent_error
 
 if TYPE_CHECKING:
     from loraexp.contracts import Contract, LoraCondition
@@ -135,8 +136,23 @@ class PendingStep:
     submitted_at: float = field(default_factory=time.perf_counter)
 
 
-def _resolve(value: Any) -> Any:
+def resolve(value: Any) -> Any:
+    """The result of a Tinker future (or the value itself when it is not one)."""
     return value.result() if hasattr(value, "result") and callable(value.result) else value
+
+
+class InFlightFailure(Exception):
+    """A submitted request completed failed for a transient reason; later requests may already have run
+    on top of it, so the only safe recovery is to roll back to the last checkpoint."""
+
+
+def _await(value: Any, what: str) -> Any:
+    try:
+        return resolve(value)
+    except tinker.TinkerError as exc:
+        if is_transient(exc):
+            raise InFlightFailure(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise permanent_error(exc, what) from None
 
 
 def _chunks(items: Sequence, size: int) -> list[Sequence]:
@@ -147,32 +163,43 @@ def submit_step(client: Any, plan: LoopPlan, datums: Sequence[tinker.Datum], ste
     """Submit one optimizer step in the contract's request shape (only the pipelined shape leaves it in flight)."""
     batch = [datums[i] for i in batch_indices(len(datums), plan.batch_size, step, plan.seed, plan.epoch_order)]
     adam = plan.adam_params(step)
+    what = f"step {step}"
+
+    def forward_backward(data: list[tinker.Datum]) -> Any:
+        return call_with_retries(lambda: client.forward_backward(data, "cross_entropy"), f"forward_backward {what}")
+
+    def optim_step() -> Any:
+        return call_with_retries(lambda: client.optim_step(adam), f"optim_step {what}")
+
     if plan.request_shape == "single_datum_calls":
-        outputs = [client.forward_backward([datum], "cross_entropy").result() for datum in batch]
-        return PendingStep(step, adam.learning_rate, batch, outputs, client.optim_step(adam).result())
+        outputs = [_await(forward_backward([datum]), what) for datum in batch]
+        return PendingStep(step, adam.learning_rate, batch, outputs, _await(optim_step(), what))
     if plan.request_shape == "batched_datums":
-        output = client.forward_backward(batch, "cross_entropy").result()
-        return PendingStep(step, adam.learning_rate, batch, [output], client.optim_step(adam).result())
+        output = _await(forward_backward(batch), what)
+        return PendingStep(step, adam.learning_rate, batch, [output], _await(optim_step(), what))
     # pipelined: both submitted before either is awaited
-    return PendingStep(step, adam.learning_rate, batch, [client.forward_backward(batch, "cross_entropy")], client.optim_step(adam))
+    return PendingStep(step, adam.learning_rate, batch, [forward_backward(batch)], optim_step())
 
 
 def submit_checkpoint(client: Any, plan: LoopPlan, pending: PendingStep, val_datums: Sequence[tinker.Datum]) -> None:
     """Queue validation and save_state right after the step, so both see exactly the post-step weights."""
-    pending.validation = [client.forward(list(chunk), "cross_entropy") for chunk in _chunks(val_datums, plan.val_batch_size)]
-    pending.save = client.save_state(f"step-{pending.step:06d}", ttl_seconds=plan.ttl_seconds)
+    what = f"checkpoint at step {pending.step}"
+    pending.validation = [call_with_retries(lambda chunk=chunk: client.forward(list(chunk), "cross_entropy"), f"forward (validation) {what}")
+                          for chunk in _chunks(val_datums, plan.val_batch_size)]
+    pending.save = call_with_retries(lambda: client.save_state(f"step-{pending.step:06d}", ttl_seconds=plan.ttl_seconds), f"save_state {what}")
 
 
 def validation_nll(client: Any, val_datums: Sequence[tinker.Datum], batch_size: int) -> tuple[float, float]:
     """Token-weighted validation NLL over answer tokens with batched, gradient-free `forward`; (mean NLL, weight sum)."""
-    futures = [client.forward(list(chunk), "cross_entropy") for chunk in _chunks(val_datums, batch_size)]
+    futures = [call_with_retries(lambda chunk=chunk: client.forward(list(chunk), "cross_entropy"), "forward (validation)")
+               for chunk in _chunks(val_datums, batch_size)]
     return _weighted_nll(futures, _chunks(val_datums, batch_size))
 
 
 def _weighted_nll(outputs: list[Any], batches: Sequence[Sequence[tinker.Datum]]) -> tuple[float, float]:
     nll_sum = weight_sum = 0.0
     for output, batch in zip(outputs, batches):
-        part_nll, part_weight = mean_nll(_resolve(output), list(batch))
+        part_nll, part_weight = mean_nll(_await(output, "forward"), list(batch))
         nll_sum += part_nll
         weight_sum += part_weight
     return (nll_sum / weight_sum if weight_sum else float("nan")), weight_sum
@@ -218,8 +245,8 @@ class TrainingLoop:
         return self.records
 
     def _finish(self, pending: PendingStep) -> None:
-        outputs = [_resolve(output) for output in pending.forward_backward]
-        _resolve(pending.optim)
+        outputs = [_await(output, f"forward_backward step {pending.step}") for output in pending.forward_backward]
+        _await(pending.optim, f"optim_step step {pending.step}")
         if len(outputs) == len(pending.batch) and len(outputs) > 1:  # single_datum_calls
             train_nll, loss_tokens = _weighted_nll(outputs, [[datum] for datum in pending.batch])
         else:
@@ -247,7 +274,7 @@ class TrainingLoop:
     def _record_checkpoint(self, pending: PendingStep) -> None:
         val_nll, val_tokens = _weighted_nll(pending.validation, _chunks(self.val_datums, self.plan.val_batch_size))
         self.state.cost_usd += val_tokens_cost(self.val_datums, self.plan.train_price_per_token)
-        saved = _resolve(pending.save)
+        saved = _await(pending.save, f"save_state step {pending.step}")
         record = {
             "step": pending.step, "next_step": pending.step + 1, "name": f"step-{pending.step:06d}",
             "state_path": saved.path, "val_nll": val_nll, "val_tokens": val_tokens,
@@ -307,10 +334,10 @@ def make_plan(contract: "Contract", peak_lr: float, batch_size: int, n_train_row
 
 def new_training_client(service: Any, contract: "Contract", condition: "LoraCondition", seed: int) -> Any:
     """A fresh LoRA training client for one condition (the same call on Tinker and on the local client)."""
-    return _resolve(service.create_lora_training_client(
+    return call_with_retries(lambda: resolve(service.create_lora_training_client(
         base_model=contract.experiment.base_model, rank=contract.lora.rank, seed=seed,
         train_attn=condition.train_attn, train_mlp=condition.train_mlp, train_unembed=condition.train_unembed,
-    ))
+    )), f"create_lora_training_client ({condition.name}, seed {seed})")
 
 
 def check_not_expired(record: dict, what: str) -> None:
@@ -325,20 +352,44 @@ def check_not_expired(record: dict, what: str) -> None:
         log.warning("%s %s expires in %.1f h (at %s): export it now", what, record["state_path"], remaining.total_seconds() / 3600, expires_at)
 
 
-def train_with_resume(service: Any, contract: "Contract", condition: "LoraCondition", plan: LoopPlan, train_datums: Sequence[tinker.Datum], val_datums: Sequence[tinker.Datum], run_dir: Path, label: str, progress: bool = True) -> list[dict]:
-    """Run (or continue from the last checkpoint record) one training run; return all its checkpoint records."""
+def _open_client(service: Any, contract: "Contract", condition: "LoraCondition", plan: LoopPlan, run_dir: Path, label: str) -> tuple[Any, LoopState]:
+    """A client and loop state at the run's last checkpoint record, or fresh when there is none."""
     last = resume_point(run_dir)
     if last is None:
         (run_dir / METRICS).unlink(missing_ok=True)  # no checkpoint yet: nothing to continue from
-        client, state = new_training_client(service, contract, condition, plan.seed), LoopState()
-    else:
-        check_not_expired(last, "resume checkpoint")
-        dropped = truncate_metrics_after(run_dir, last["step"])
-        log.info("%s: resuming at step %d from %s (dropped %d metrics rows past it)", label, last["next_step"], last["state_path"], dropped)
-        client = _resolve(service.create_training_client_from_state_with_optimizer(last["state_path"]))
-        state = LoopState(next_step=last["next_step"], cumulative_tokens=last["cumulative_tokens"], cost_usd=last["cost_usd"])
-    if state.next_step <= plan.total_steps:
-        TrainingLoop(client, plan, train_datums, val_datums, run_dir, state, progress=progress, label=label).run()
+        return new_training_client(service, contract, condition, plan.seed), LoopState()
+    check_not_expired(last, "resume checkpoint")
+    dropped = truncate_metrics_after(run_dir, last["step"])
+    log.info("%s: resuming at step %d from %s (dropped %d metrics rows past it)", label, last["next_step"], last["state_path"], dropped)
+    client = call_with_retries(lambda: resolve(service.create_training_client_from_state_with_optimizer(last["state_path"])),
+                               f"load {last['state_path']}")
+    return client, LoopState(next_step=last["next_step"], cumulative_tokens=last["cumulative_tokens"], cost_usd=last["cost_usd"])
+
+
+def train_with_resume(service: Any, contract: "Contract", condition: "LoraCondition", plan: LoopPlan, train_datums: Sequence[tinker.Datum], val_datums: Sequence[tinker.Datum], run_dir: Path, label: str, progress: bool = True) -> list[dict]:
+    """Run (or continue from the last checkpoint record) one training run; return all its checkpoint records.
+
+    A request that fails while in flight rolls the run back to its last checkpoint (later requests may
+    already have run on top of it); the replay is deterministic, so the result equals a clean run.
+    """
+    failures_without_progress = 0
+    while True:
+        client, state = _open_client(service, contract, condition, plan, run_dir, label)
+        if state.next_step > plan.total_steps:
+            break
+        started_at = state.next_step
+        try:
+            TrainingLoop(client, plan, train_datums, val_datums, run_dir, state, progress=progress, label=label).run()
+            break
+        except InFlightFailure as exc:
+            last = resume_point(run_dir)
+            progressed = last is not None and last["next_step"] > started_at
+            failures_without_progress = 0 if progressed else failures_without_progress + 1
+            if failures_without_progress >= MAX_ATTEMPTS:
+                raise UserError(f"{label}: {exc}; failed {MAX_ATTEMPTS} times without progress: rerun the same command later to resume") from None
+            delay = backoff_delay(failures_without_progress or 1)
+            log.warning("%s: %s; rolling back to the last checkpoint in %.1f s", label, exc, delay)
+            time.sleep(delay)
     return read_jsonl(run_dir / CHECKPOINTS)
 
 

@@ -22,7 +22,8 @@ from loraexp.contracts import Contract
 from loraexp.errors import UserError
 from loraexp.scoring import score_lenient, score_strict
 from loraexp.tokenization import generation_prompt_tokens, stop_token_id
-from loraexp.training import _resolve
+from loraexp.retry import MAX_ATTEMPTS, backoff_delay, call_with_retries, is_transient, permanent_error
+from loraexp.training import resolve
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.jsonl"
@@ -60,8 +61,8 @@ def sampling_params(contract: Contract, tokenizer: Any) -> tinker.SamplingParams
 def sampling_client_for(service: Any, contract: Contract, sampler_path: str | None) -> Any:
     """The base model's sampler for the baseline, or a checkpoint's by its sampler_weights path."""
     if sampler_path is None:
-        return _resolve(service.create_sampling_client(base_model=contract.experiment.base_model))
-    return _resolve(service.create_sampling_client(model_path=sampler_path))
+        return call_with_retries(lambda: resolve(service.create_sampling_client(base_model=contract.experiment.base_model)), "create_sampling_client (base model)")
+    return call_with_retries(lambda: resolve(service.create_sampling_client(model_path=sampler_path)), f"create_sampling_client {sampler_path}")
 
 
 def build_examples(contract: Contract, tokenizer: Any, benchmark: list[dict], limit: int | None) -> list[dict]:
@@ -76,9 +77,20 @@ def build_examples(contract: Contract, tokenizer: Any, benchmark: list[dict], li
 
 
 async def _sample(client: Any, prompt: list[int], params: tinker.SamplingParams, gate: asyncio.Semaphore) -> tinker.SampledSequence:
+    """One greedy sample; transient failures (submit or completion) are retried with backoff, as samples are independent."""
     async with gate:
-        response = await client.sample(prompt=tinker.ModelInput.from_ints(prompt), num_samples=1, sampling_params=params)
-    return response.sequences[0]
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                response = await client.sample(prompt=tinker.ModelInput.from_ints(prompt), num_samples=1, sampling_params=params)
+                return response.sequences[0]
+            except tinker.TinkerError as exc:
+                if not is_transient(exc):
+                    raise permanent_error(exc, "sample") from None
+                if attempt == MAX_ATTEMPTS:
+                    raise UserError(f"sample still failing after {MAX_ATTEMPTS} tries ({type(exc).__name__}); rerun the same command later to resume") from None
+                log.warning("sample: %s; retry %d in %.1f s", type(exc).__name__, attempt, backoff_delay(attempt))
+                await asyncio.sleep(backoff_delay(attempt))
+    raise AssertionError("unreachable")
 
 
 def prediction_row(example: dict, sequence: tinker.SampledSequence, tokenizer: Any) -> dict:

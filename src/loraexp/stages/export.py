@@ -20,7 +20,8 @@ import orjson
 from loraexp.artifacts import Run, read_json, write_json_atomic
 from loraexp.contracts import Contract
 from loraexp.errors import UserError
-from loraexp.training import _resolve, check_not_expired
+from loraexp.retry import call_with_retries
+from loraexp.training import check_not_expired, resolve
 
 log = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -44,13 +45,10 @@ def export_one(service: Any, rest: Any, summary: dict, out_dir: Path) -> dict:
     record = {"state_path": summary["state_path"], "expires_at": summary["expires_at"]}
     check_not_expired(record, f"{summary['condition']} seed {summary['seed']} checkpoint")
     name = f"{summary['condition']}-seed{summary['seed']}-step{summary['selected_step']:06d}"
-    try:
-        client = _resolve(service.create_training_client_from_state(summary["state_path"]))
-    except Exception as exc:  # the service's NotFound for an expired or deleted checkpoint
-        raise UserError(f"cannot load {summary['state_path']} ({type(exc).__name__}: {exc}); it may have expired: rerun its train run") from None
-    sampler_path = _resolve(client.save_weights_for_sampler(name)).path
-    external_path = _resolve(client.save_weights_external(name)).path
-    urls = _resolve(rest.get_external_weights_urls(external_path)).urls
+    client = call_with_retries(lambda: resolve(service.create_training_client_from_state(summary["state_path"])), f"load {summary['state_path']}")
+    sampler_path = call_with_retries(lambda: resolve(client.save_weights_for_sampler(name)), f"save_weights_for_sampler {name}").path
+    external_path = call_with_retries(lambda: resolve(client.save_weights_external(name)), f"save_weights_external {name}").path
+    urls = call_with_retries(lambda: resolve(rest.get_external_weights_urls(external_path)), f"get_external_weights_urls {name}").urls
     adapter_dir = out_dir / "checkpoints" / "best-checkpoints" / summary["condition"] / f"seed-{summary['seed']}" / f"step-{summary['selected_step']}"
     for relative, url in urls.items():
         download(url, adapter_dir / relative)

@@ -1,0 +1,165 @@
+"""The numerics behind the local client: base model loading, LoRA per Tinker's flags, summed cross-entropy.
+
+LoRA follows the service: rank from the request, `lora_alpha` 32 and dropout 0 are owned by the
+backend (the SDK cannot set them), targets per flag: attn = q/k/v/o_proj, mlp = gate/up/down_proj,
+unembed = lm_head. Weights stay in full precision on CPU so that a saved state resumes bit-exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tinker
+
+from loraexp.errors import UserError
+from loraexp.local_tinker.errors import bad_request
+
+DEMO_BASE_MODEL = "loraexp/tiny-qwen3-demo"
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+UNEMBED_MODULES = ("lm_head",)
+LORA_ALPHA = 32  # backend-owned, as on the service (cookbook hyperparam_utils assumes 32)
+LORA_DROPOUT = 0.0  # backend-owned
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+OPTIMIZER_STATE = "optimizer.pt"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """What a training run was created with; stored in run.json and beside every checkpoint."""
+
+    base_model: str  # the name the caller used (e.g. "loraexp/tiny-qwen3-demo")
+    base_source: str  # what from_pretrained reads (a local dir or an HF id)
+    rank: int
+    seed: int
+    train_mlp: bool
+    train_attn: bool
+    train_unembed: bool
+
+    def target_modules(self) -> list[str]:
+        return [*(ATTN_MODULES if self.train_attn else ()), *(MLP_MODULES if self.train_mlp else ()),
+                *(UNEMBED_MODULES if self.train_unembed else ())]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_base_model(name: str, cache_root: Path) -> str:
+    """`loraexp/tiny-qwen3-demo` -> the demo base built offline under cache_root; else a local dir or HF id."""
+    if name == DEMO_BASE_MODEL:
+        from loraexp.demo_model import ensure_demo_base
+
+        return str(ensure_demo_base(cache_root))
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"base model directory {name} does not exist; set experiment.base_model to an existing HF model dir, an HF id, or {DEMO_BASE_MODEL!r}")
+    return name
+
+
+def load_base_model(source: str, device: torch.device) -> torch.nn.Module:
+    """The causal LM in eval mode (no dropout): fp32 on CPU for exact resumes, bf16 on a GPU."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot load base model {source!r} ({str(exc).splitlines()[0]}); set experiment.base_model to a local HF model dir, "
+            f"a Hub id already in the HF cache (huggingface-cli download {source}), or {DEMO_BASE_MODEL!r}"
+        ) from None
+    return model.to(device).eval()
+
+
+def build_lora_model(spec: LoraSpec, device: torch.device) -> torch.nn.Module:
+    """Base model + a fresh LoRA adapter whose init (A: kaiming, B: zeros) is seeded from `spec.seed`."""
+    import peft
+
+    base = load_base_model(spec.base_source, device)
+    config = peft.LoraConfig(r=spec.rank, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, target_modules=spec.target_modules())
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")  # lm_head LoRA adds a delta; the tied base weight stays frozen
+        torch.manual_seed(spec.seed)
+        model = peft.get_peft_model(base, config)
+    return model.eval()
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def save_adapter(model: torch.nn.Module, directory: Path) -> None:
+    """A PEFT adapter dir (adapter_config.json + adapter_model.safetensors), full precision."""
+    model.save_pretrained(str(directory), save_embedding_layers=False)
+
+
+def load_adapter_weights(model: torch.nn.Module, directory: Path) -> None:
+    """Overwrite the LoRA weights with a saved adapter's, refusing any mismatch in keys."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(directory / ADAPTER_WEIGHTS), device=str(next(model.parameters()).device))
+    result = set_peft_model_state_dict(model, state)
+    missing = [key for key in result.missing_keys if "lora_" in key]
+    if missing or result.unexpected_keys:
+        raise bad_request(f"checkpoint {directory.name} does not match this model's LoRA layout (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+
+
+@dataclass
+class TokenBatch:
+    """Datums right-padded into one batch; pad positions carry weight 0 and are cut from the outputs."""
+
+    input_ids: torch.Tensor  # [B, T] int64
+    attention_mask: torch.Tensor | None  # [B, T]; None when every datum has the same length
+    targets: torch.Tensor  # [B, T] int64
+    weights: torch.Tensor  # [B, T] float32
+    lengths: list[int]
+
+
+def batch_datums(data: Sequence[tinker.Datum], device: torch.device) -> TokenBatch:
+    if not data:
+        raise bad_request("forward_backward needs at least one datum", "forward_backward")
+    lengths = [datum.model_input.length for datum in data]
+    width = max(lengths)
+    input_ids = np.zeros((len(data), width), dtype=np.int64)
+    targets = np.zeros((len(data), width), dtype=np.int64)
+    weights = np.zeros((len(data), width), dtype=np.float32)
+    for row, (datum, length) in enumerate(zip(data, lengths)):
+        inputs = datum.loss_fn_inputs
+        if "target_tokens" not in inputs or "weights" not in inputs:
+            raise bad_request(f"cross_entropy needs loss_fn_inputs target_tokens and weights; datum {row} has {sorted(inputs)}", "forward_backward")
+        target_row, weight_row = inputs["target_tokens"].to_numpy(), inputs["weights"].to_numpy()
+        if target_row.shape != (length,) or weight_row.shape != (length,):
+            raise bad_request(f"datum {row}: model_input has {length} tokens but target_tokens {target_row.shape} and weights {weight_row.shape}; all must have length N", "forward_backward")
+        input_ids[row, :length] = datum.model_input.to_ints()
+        targets[row, :length] = target_row
+        weights[row, :length] = weight_row
+    mask = None
+    if min(lengths) != width:
+        mask = torch.from_numpy((np.arange(width)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)).to(device)
+    return TokenBatch(torch.from_numpy(input_ids).to(device), mask, torch.from_numpy(targets).to(device),
+                      torch.from_numpy(weights).to(device), lengths)
+
+
+def target_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """log p(target_i | input[: i + 1]) for every position, [B, T] float32."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    flat = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="none")
+    return -flat.view_as(batch.weights)
+
+
+def cross_entropy_output(logprobs: torch.Tensor, loss: torch.Tensor, batch: TokenBatch) -> tinker.ForwardBackwardOutput:
+    """Per-datum logprobs (TensorData float32[N]) and the summed loss, shaped like the service's reply."""
+    values = logprobs.detach().float().cpu().numpy()
+    outputs = [{"logprobs": tinker.TensorData.from_numpy(np.ascontiguousarray(values[row, :length]))}
+               for row, length in enumerate(batch.lengths)]
+    return tinker.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord", loss_fn_outputs=outputs, metrics={"loss:sum": float(loss.detach())})

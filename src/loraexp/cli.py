@@ -120,6 +120,69 @@ def _selected(contract: Contract, condition: Optional[str], seed: Optional[int])
     return [(c, s) for c in conditions for s in seeds]
 
 
+def _open_data_check(contract: Contract, stage: str, run_id: str, data_dir: Path, if_exists: str, override: bool):
+    """Open an audit/contamination run; None when it already finished on this very data run, inputs unchanged."""
+    from loraexp.artifacts import MANIFEST, open_run, read_json
+
+    run = open_run(contract, stage, run_id, check_if_exists(if_exists), override)
+    if run.finished and data_dir.name in (read_json(run.path(MANIFEST)).get("inputs") or {}):
+        log.info("%s: %s already finished on %s with unchanged inputs (pass --if-exists overwrite to redo it)", stage, run_id, data_dir.name)
+        return None
+    return run
+
+
+@app.command("build-data")
+@friendly_errors
+def build_data(config: ConfigOpt, run_id: RunIdOpt = None, if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:
+    """Original-source rows -> strict gate + manual decisions -> grouped, stratified split (train/val/rejects.jsonl)."""
+    from loraexp.artifacts import open_run, run_id_for
+    from loraexp.stages import build_data as stage
+
+    contract = load(config)
+    run = open_run(contract, "build-data", run_id or run_id_for(contract, "build-data"), check_if_exists(if_exists), override)
+    changed = stage.inputs_changed(contract, run)
+    if run.finished and not changed:
+        log.info("build-data: %s already finished with unchanged source and decisions (pass --if-exists overwrite to rebuild)", run.run_id)
+        return
+    if changed:
+        log.info("build-data: %s changed since %s finished; rebuilding", ", ".join(changed), run.run_id)
+    figure = stage.run(contract, run)["key_figure"]
+    typer.echo(f"{run.run_id}: {figure['rows_in']} rows in -> {figure['kept']} kept -> {figure['train']} train / {figure['val']} val "
+               f"({figure['rejected']} rejected, see rejects.jsonl) in {run.dir}")
+
+
+@app.command()
+@friendly_errors
+def audit(config: ConfigOpt, run_id: RunIdOpt = None, data_run: DataRunOpt = None, if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:
+    """Automatic checks on a build-data run + suspicious and random review packs (JSONL + Markdown)."""
+    from loraexp.artifacts import run_id_for
+    from loraexp.stages import audit as stage
+
+    contract = load(config)
+    data_dir = _finished(contract, "build-data", data_run, override)
+    run = _open_data_check(contract, "audit", run_id or run_id_for(contract, "audit"), data_dir, if_exists, override)
+    if run:
+        figure = stage.run(contract, run, data_dir)["key_figure"]
+        typer.echo(f"{run.run_id}: {figure['flagged']} of {figure['rows']} rows flagged; review {run.dir / 'review_suspicious.md'} and {run.dir / 'review_random.md'}")
+
+
+@app.command()
+@friendly_errors
+def contamination(config: ConfigOpt, run_id: RunIdOpt = None, data_run: DataRunOpt = None, if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:
+    """Exact (canonical) and 13-gram overlap with the benchmark, train/val overlap; a failed report blocks train."""
+    from loraexp.artifacts import run_id_for
+    from loraexp.data.sources import load_benchmark
+    from loraexp.stages import contamination as stage
+
+    contract = load(config)
+    data_dir = _finished(contract, "build-data", data_run, override)
+    run = _open_data_check(contract, "contamination", run_id or run_id_for(contract, "contamination"), data_dir, if_exists, override)
+    if run:
+        stage.run(contract, run, data_dir, load_benchmark(contract))
+    report = stage.require_contamination_pass(contract, data_dir.name)
+    typer.echo(f"contamination: pass for {data_dir.name}; {report}")
+
+
 ConditionOpt = Annotated[Optional[str], typer.Option("--condition", help="Only this LoRA condition (default: every condition in the contract).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Only this seed (default: every seed in train.seeds).")]
 
@@ -215,6 +278,22 @@ def evaluate(config: ConfigOpt, condition: ConditionOpt = None, seed: SeedOpt = 
             run.add_input(render_dir, ["tokenizer/tokenizer.json"])
             summary = stage.run(contract, service, run, tokenizer, benchmark, model, limit)
             typer.echo(f"{run.run_id}: strict accuracy {summary['strict_accuracy']:.4f} ({summary['correct']}/{summary['total']}), lenient {summary['lenient_accuracy']:.4f}")
+
+
+@app.command()
+@friendly_errors
+def figures(config: ConfigOpt, run_id: RunIdOpt = None, if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:
+    """Comparison, decision rule, paired statistics, fig_01..fig_08 and report.md from the eval, train, lr-select and export runs."""
+    from loraexp.artifacts import run_id_for
+    from loraexp.stages import figures as stage
+
+    contract = load(config)
+    run = start_run(contract, "figures", run_id or run_id_for(contract, "figures"), if_exists, override)
+    if run:
+        comparison = stage.run(contract, run, override)
+        paired = comparison["comparison"]
+        typer.echo(f"{run.run_id}: {paired['decision']} (gap {paired['gap_points']:+.2f} points, pooled McNemar p={paired['pooled']['mcnemar_p']:.3g}); "
+                   f"report at {run.path('report.md')}")
 
 
 def _stage_commands() -> dict[str, Callable[..., None]]:

@@ -42,3 +42,12 @@ def contamination_words(text: str) -> list[str]:
 def canonical_for_contamination(text: str) -> str:
     """NFKC, casefold, punctuation and whitespace removed: the key of the exact-overlap check."""
     return "".join(contamination_words(text))
+
+
+def first_phrase(text: str, phrases: tuple[str, ...]) -> str | None:
+    """The first of `phrases` found in `text`, case-insensitively (casefold), or None."""
+    folded = text.casefold()
+    for phrase in phrases:
+        if phrase.casefold() in folded:
+            return phrase
+    return None

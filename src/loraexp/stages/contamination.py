@@ -1,0 +1,146 @@
+"""contamination: does any training-side problem equal a benchmark question, or sit on both sides of the split?
+
+Runbook step:
+1. read train.jsonl + val.jsonl of a build-data run and the benchmark (`load_benchmark`);
+2. exact overlap: rows whose problem_source is in `contamination.benchmark_sources`, compared with every
+   benchmark question after NFKC, casefold, punctuation and whitespace removal;
+3. near duplicates: shared word `contamination.ngram`-grams (13) on the same canonical words, reported beside;
+4. train/validation overlap by row id and by canonical problem text;
+5. report.json with `status: pass|fail` (fail = any exact benchmark overlap or any train/val overlap) and the
+   overlapping pairs; manifest.json last. A failed report blocks `train` (`require_contamination_pass`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from loraexp.artifacts import MANIFEST, Run, list_runs, read_json, read_jsonl, results_root, stale_inputs, write_json_atomic
+from loraexp.contracts import Contract
+from loraexp.errors import UserError
+from loraexp.text import canonical_for_contamination, canonical_problem, contamination_words
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.json"
+FIX = (
+    "reject each overlapping row in data.decisions_file "
+    '({"row_id": ..., "decision": "reject", "note": "benchmark overlap"}), '
+    "rerun build-data with --if-exists overwrite, then rerun contamination"
+)
+
+
+def run(contract: Contract, run: Run, data_dir: Path, benchmark: list[dict]) -> dict:
+    """Check the build-data run in `data_dir` against `benchmark`; write report.json and the manifest."""
+    (run.dir / MANIFEST).unlink(missing_ok=True)
+    train, val = read_jsonl(data_dir / "train.jsonl"), read_jsonl(data_dir / "val.jsonl")
+    checked_sources = set(contract.contamination.benchmark_sources)
+    checked = [{**row, "split": side} for side, rows in (("train", train), ("val", val)) for row in rows if row["problem_source"] in checked_sources]
+    exact = exact_overlap(checked, benchmark)
+    near = ngram_overlap(checked, benchmark, contract.contamination.ngram)
+    split = train_val_overlap(train, val)
+    failed = bool(exact or split["row_ids"] or split["problems"])
+    report = {
+        "status": "fail" if failed else "pass",
+        "data_run": data_dir.name,
+        "benchmark": {"source": contract.benchmark.source, "split": contract.benchmark.split, "questions": len(benchmark), "questions_sha256": questions_sha256(benchmark)},
+        "checked_sources": sorted(checked_sources),
+        "rows_checked": len(checked),
+        "exact_overlap": {"count": len(exact), "pairs": exact},
+        "ngram_overlap": {"n": contract.contamination.ngram, "count": len(near), "pairs": near},
+        "train_val_overlap": split,
+        "fix": FIX if failed else None,
+    }
+    write_json_atomic(run.path(REPORT), report)
+    run.add_input(data_dir, ["train.jsonl", "val.jsonl"])
+    log.log(logging.ERROR if failed else logging.INFO, "contamination of %s: %s (exact %d, %d-gram %d, train/val row ids %d, problems %d)",
+            data_dir.name, report["status"], len(exact), contract.contamination.ngram, len(near), len(split["row_ids"]), len(split["problems"]))
+    key_figure = {"status": report["status"], "exact": len(exact), "ngram": len(near), "train_val": len(split["row_ids"]) + len(split["problems"])}
+    return run.finish([REPORT], key_figure=key_figure, extra={"data_run": data_dir.name})
+
+
+def exact_overlap(checked: list[dict], benchmark: list[dict]) -> list[dict]:
+    """Training-side rows whose canonical problem equals a benchmark question's (all pairs)."""
+    by_key: dict[str, list[dict]] = defaultdict(list)
+    for question in benchmark:
+        by_key[canonical_for_contamination(question["question"])].append(question)
+    pairs = []
+    for row in checked:
+        for question in by_key.get(canonical_for_contamination(row["problem"]), ()):
+            pairs.append({"row_id": row["row_id"], "split": row["split"], "benchmark_index": question["index"],
+                          "problem": row["problem"], "benchmark_question": question["question"]})
+    return pairs
+
+
+def ngram_overlap(checked: list[dict], benchmark: list[dict], n: int) -> list[dict]:
+    """(row, benchmark question) pairs sharing at least one word n-gram; texts shorter than n words have none."""
+    owners: dict[tuple[str, ...], set[int]] = defaultdict(set)
+    for question in benchmark:
+        for gram in word_ngrams(question["question"], n):
+            owners[gram].add(question["index"])
+    pairs = []
+    for row in tqdm(checked, desc=f"{n}-gram overlap", unit="row", disable=None):
+        shared: Counter = Counter()
+        for gram in word_ngrams(row["problem"], n):
+            for index in owners.get(gram, ()):
+                shared[index] += 1
+        pairs += [{"row_id": row["row_id"], "split": row["split"], "benchmark_index": index, "shared_ngrams": count}
+                  for index, count in sorted(shared.items())]
+    return pairs
+
+
+def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = contamination_words(text)
+    return {tuple(words[start:start + n]) for start in range(len(words) - n + 1)}
+
+
+def train_val_overlap(train: list[dict], val: list[dict]) -> dict:
+    """Row ids and canonical problems (NFKC, casefold, whitespace) present on both sides of the split."""
+    row_ids = sorted({row["row_id"] for row in train} & {row["row_id"] for row in val})
+    train_problems: dict[str, str] = {}
+    for row in train:
+        train_problems.setdefault(canonical_problem(row["problem"]), row["row_id"])
+    problems = []
+    for row in val:
+        train_row_id = train_problems.get(canonical_problem(row["problem"]))
+        if train_row_id is not None:
+            problems.append({"train_row_id": train_row_id, "val_row_id": row["row_id"], "problem": row["problem"]})
+    return {"row_ids": row_ids, "problems": problems}
+
+
+def questions_sha256(benchmark: list[dict]) -> str:
+    """Hash of the benchmark questions in order: says which benchmark the report checked."""
+    digest = hashlib.sha256()
+    for question in benchmark:
+        digest.update(question["question"].encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def require_contamination_pass(contract: Contract, data_run_id: str) -> Path:
+    """The report.json of a passing, up-to-date contamination check of `data_run_id`; UserError otherwise.
+
+    `train` calls this first: a failed, missing or stale check blocks training.
+    """
+    candidates = [info for info in list_runs(Path(contract.experiment.artifacts_dir))
+                  if info.get("stage") == "contamination" and info.get("status") == "pass"
+                  and data_run_id in (info.get("inputs") or {}) and info.get("contract_sha256") == contract.sha256]
+    if not candidates:
+        raise UserError(f"no finished contamination check of data run {data_run_id} under this contract; "
+                        f"run `loraexp contamination --config <config> --data-run {data_run_id}` before train")
+    latest = max(candidates, key=lambda info: info.get("finished_at", ""))
+    run_dir = results_root(contract) / latest["run_id"]
+    stale = stale_inputs(run_dir)
+    if stale:
+        raise UserError(f"contamination run {latest['run_id']} checked an older build of {data_run_id} ({stale[0]} changed); "
+                        f"rerun `loraexp contamination --config <config> --data-run {data_run_id}`")
+    report_path = run_dir / REPORT
+    report = read_json(report_path)
+    if report.get("status") != "pass":
+        split = report["train_val_overlap"]
+        raise UserError(f"contamination check failed ({report['exact_overlap']['count']} exact benchmark overlaps, "
+                        f"{len(split['row_ids']) + len(split['problems'])} train/val overlaps; see {report_path}): training is refused; {FIX}")
+    return report_path

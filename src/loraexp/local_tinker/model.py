@@ -98,8 +98,13 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def save_adapter(model: torch.nn.Module, directory: Path) -> None:
-    """A PEFT adapter dir (adapter_config.json + adapter_model.safetensors), full precision."""
-    model.save_pretrained(str(directory), save_embedding_layers=False)
+    """A PEFT adapter dir (adapter_config.json + adapter_model.safetensors), full precision, as PeftModel.save_pretrained writes it."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    save_file({key: value.detach().contiguous() for key, value in state.items()}, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    model.peft_config["default"].save_pretrained(str(directory))
 
 
 def load_adapter_weights(model: torch.nn.Module, directory: Path) -> None:

@@ -122,7 +122,7 @@ class LocalTrainingClient:
         from peft.utils import get_peft_model_state_dict
 
         def snapshot() -> "LocalSamplingClient":
-            state = {key: value.detach().clone() for key, value in get_peft_model_state_dict(self._model).items()}
+            state = {key: value.detach().clone() for key, value in get_peft_model_state_dict(self._model, save_embedding_layers=False).items()}
             return self.service._sampler_from_adapter_state(self.spec, state)
 
         return self._submit(snapshot)

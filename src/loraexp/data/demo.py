@@ -68,6 +68,7 @@ PLANTED_KINDS = (
     # these three pass the gate; the audit must flag them
     "several_boxes", "fractional_count", "text_after_box",
 )
+ORIGINAL_SOURCES = ("gsm8k", "math")  # the sources build-data keeps; planted rows use them
 PLANT_EVERY = 25  # one planted row every 25 rows -> 4% of the demo data
 REPEAT_SHARE = 0.15  # share of clean rows that re-solve an earlier problem with another phrasing
 BENCHMARK_SHARE = 8  # one question in 8 (by hash) is reserved for the benchmark
@@ -125,7 +126,7 @@ def _planted(kind: str, rng: random.Random, earlier: list[dict]) -> dict:
     """One row that the gate must reject (first eight kinds) or the audit must flag (last three)."""
     if kind == "exact_duplicate" and earlier:
         return dict(rng.choice(earlier))
-    source = rng.choice(("gsm8k", "math"))
+    source = rng.choice(ORIGINAL_SOURCES)
     problem = _draw_training(rng, source)
     c = problem.answer
     sentence = problem.solution(0).rsplit(" \\boxed", 1)[0]
@@ -148,7 +149,7 @@ def _planted(kind: str, rng: random.Random, earlier: list[dict]) -> dict:
     if kind == "several_boxes":
         return _row(problem, f"First \\boxed{{{problem.fill['a']}}}, then {sentence} \\boxed{{{c}}}")
     if kind == "text_after_box":
-        return _row(problem, f"{problem.solution(0)} Then we check it and")
+        return _row(problem, f"{problem.solution(0)} Then we check it by counting all of them again and")
     return _fractional_row(rng)
 
 
@@ -188,7 +189,8 @@ def generate_omi2_rows(n: int, seed: int) -> list[dict]:
         variant = rng.randrange(3)
         solved.append((problem, {variant}))
         rows.append(_row(problem, problem.solution(variant)))
-        clean.append(rows[-1])
+        if problem.source in ORIGINAL_SOURCES:  # a planted duplicate must reach the gate, not the source filter
+            clean.append(rows[-1])
     return rows
 
 

@@ -31,8 +31,10 @@ CHECKS = (
 )
 EXAMPLES_PER_CHECK = 5
 HOW_MANY = re.compile(r"\bhow many\b", re.IGNORECASE)
-# what may follow the last box in a finished solution: closing math delimiters, punctuation, spaces
-CLOSING_TAIL = re.compile(r"\\[\])]|[\s$.,;:!)\]}]")
+# closing math delimiters and environments are not text; a unit or a short phrase after the box is normal
+CLOSING_MARKUP = re.compile(r"\\end\{[^}]*\}|\\[\])]")
+WORD = re.compile(r"[^\W\d_]+")
+MAX_WORDS_AFTER_BOX = 8  # MATH: "$\boxed{5}$ square inches." is fine; a whole sentence after the answer is not
 FINISHED_ENDING = re.compile(r"([.!?:)\]}$]|\\\]|\\\))\s*$")
 OUTPUTS = ("audit_report.json", "review_suspicious.jsonl", "review_suspicious.md", "review_random.jsonl", "review_random.md")
 
@@ -76,7 +78,7 @@ def row_flags(row: dict, data: DataSection) -> list[str]:
     if first_phrase(text, data.debris_phrases):
         flags.append("prompt_debris")
     flags += impossible_count(row)
-    if boxes and CLOSING_TAIL.sub("", tail_after_last_box(solution)):
+    if boxes and words_after_last_box(solution) > MAX_WORDS_AFTER_BOX:
         flags.append("text_after_box")
     if not FINISHED_ENDING.search(solution):
         flags.append("ends_mid_sentence")
@@ -96,11 +98,11 @@ def impossible_count(row: dict) -> list[str]:
     return ["negative_count"] if value < 0 else []
 
 
-def tail_after_last_box(solution: str) -> str:
-    """The text after the closing brace of the last well-formed box."""
-    content = find_boxed(solution)[-1]
-    marker = "\\boxed{" + content + "}"
-    return solution[solution.rfind(marker) + len(marker):]
+def words_after_last_box(solution: str) -> int:
+    """Words of text after the closing brace of the last well-formed box (markup ignored)."""
+    marker = "\\boxed{" + find_boxed(solution)[-1] + "}"
+    tail = solution[solution.rfind(marker) + len(marker):]
+    return len(WORD.findall(CLOSING_MARKUP.sub(" ", tail)))
 
 
 def summarize(rows: list[dict], flags: dict[str, list[str]], rejects: list[dict], data_run: str) -> dict:
@@ -130,9 +132,10 @@ def summarize(rows: list[dict], flags: dict[str, list[str]], rejects: list[dict]
 
 
 def suspicious_pack(rows: list[dict], flags: dict[str, list[str]], size: int) -> list[dict]:
-    """Flagged rows, most flags first, then file order (train before val)."""
+    """Flagged rows: most flags first, then rows with the rarest flag (so a common flag cannot crowd out the rest)."""
+    flag_counts = Counter(name for row_flags_ in flags.values() for name in row_flags_)
     flagged = [row for row in rows if flags[row["row_id"]]]
-    flagged.sort(key=lambda row: -len(flags[row["row_id"]]))  # stable: file order within a flag count
+    flagged.sort(key=lambda row: (-len(flags[row["row_id"]]), min(flag_counts[name] for name in flags[row["row_id"]])))
     return [{**row, "flags": flags[row["row_id"]]} for row in flagged[:size]]
 
 

@@ -1,0 +1,165 @@
+"""contamination through the real CLI: planted GSM8K test questions fail (and block train), clean data passes.
+
+Real data: GSM8K train as `gsm8k` rows, MATH train as `math` rows and the 100 real OpenMathInstruct-2
+rows, checked against the real GSM8K test split (shared/data next to the checkout).
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from datakit import SHARED_DATA, cli, error_line, gsm8k_as_omi, make_config, math_as_omi, omi, read_rows, results, write_rows
+from loraexp.contracts import load_contract
+from loraexp.data.demo import clean_examples, generate_benchmark_rows, generate_omi2_rows
+from loraexp.errors import UserError
+from loraexp.stages.contamination import require_contamination_pass
+from loraexp.text import canonical_for_contamination, canonical_problem
+
+GSM8K_TEST = SHARED_DATA / "gsm8k" / "test.jsonl"
+
+
+def jsonl(path):
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def gsm8k_test():
+    return jsonl(GSM8K_TEST)
+
+
+@pytest.fixture(scope="module")
+def gsm8k_train_rows():
+    return [gsm8k_as_omi(row) for row in jsonl(SHARED_DATA / "gsm8k" / "train.jsonl")]
+
+
+def fullwidth(text: str) -> str:
+    """ASCII letters and digits as their full-width forms (NFKC maps them back)."""
+    return "".join(chr(ord(char) + 0xFEE0) if char.isascii() and char.isalnum() else char for char in text)
+
+
+VARIANTS = {
+    "case": str.upper,
+    "whitespace": lambda q: "  " + q.replace(" ", " \n\t ") + "\n",
+    "punctuation": lambda q: q.replace("?", " ?!").replace(".", ",").replace("'", "’") + " ...",
+    "unicode": fullwidth,
+}
+
+
+def test_canonical_forms():
+    question = "Janet’s ducks lay 16 eggs per day. How many?"
+    for variant in VARIANTS.values():
+        assert canonical_for_contamination(variant(question)) == canonical_for_contamination(question)
+    assert canonical_problem("Tom  has\n３ apples") == canonical_problem("tom has 3 APPLES")
+    assert canonical_problem("Tom has 3 apples.") != canonical_problem("Tom has 3 apples")  # the split keeps punctuation
+
+
+def test_real_data_builds_audits_and_passes(tmp_path, gsm8k_train_rows):
+    math_rows = [math_as_omi(row) for row in jsonl(SHARED_DATA / "math" / "train.jsonl")]
+    omi2_rows = jsonl(SHARED_DATA / "openmath" / "omi2_sample.jsonl")
+    write_rows(tmp_path / "real.jsonl", gsm8k_train_rows + math_rows + omi2_rows)
+    config = make_config(tmp_path, data={"source": str(tmp_path / "real.jsonl")}, benchmark={"source": str(GSM8K_TEST)})
+    cli("build-data", "-c", config)
+    cli("audit", "-c", config)
+    cli("contamination", "-c", config)
+
+    manifest = orjson.loads((results(tmp_path) / "demo-build-data" / "manifest.json").read_bytes())
+    assert manifest["key_figure"]["rows_in"] == 7473 + 12000 + 1  # omi2_sample has 1 gsm8k row, 0 math rows
+    rejects = read_rows(results(tmp_path) / "demo-build-data" / "rejects.jsonl")
+    no_box = [r["raw"]["generated_solution"] for r in rejects if r["reason"] == "no_boxed"]
+    assert len(no_box) == 2 and all("\\boxed " in solution for solution in no_box)  # `\boxed 2` and `\boxed 9`
+    assert manifest["key_figure"]["kept"] > 19_000
+
+    audit = orjson.loads((results(tmp_path) / "demo-audit" / "audit_report.json").read_bytes())
+    assert audit["checks"]["several_boxes"]["count"] > 100  # README: 196 MATH train solutions have more than one box
+
+    report = orjson.loads((results(tmp_path) / "demo-contamination" / "report.json").read_bytes())
+    assert report["status"] == "pass" and report["exact_overlap"]["count"] == 0  # README check (a): 0 of 1,319
+    assert report["benchmark"]["questions"] == 1319 and report["rows_checked"] == 7474
+    assert all(pair["shared_ngrams"] >= 1 for pair in report["ngram_overlap"]["pairs"])
+    assert require_contamination_pass(load_contract(config), "demo-build-data") == results(tmp_path) / "demo-contamination" / "report.json"
+
+
+def planted_source(tmp_path, gsm8k_train_rows, gsm8k_test) -> dict[str, int]:
+    """300 GSM8K train rows + test questions planted in four disguises; returns planted row id -> test index."""
+    rows = gsm8k_train_rows[:300]
+    planted = {}
+    for test_index, variant in enumerate(VARIANTS.values()):
+        test = gsm8k_test[test_index]
+        planted[f"rows:{len(rows)}"] = test_index
+        rows.append(omi(variant(test["question"]), f"\\boxed{{{test['answer'].rsplit('####', 1)[1].strip()}}}", test["answer"].rsplit("####", 1)[1].strip()))
+    rows.append(omi(gsm8k_test[4]["question"], "\\boxed{1}", "1", "math"))  # not a checked source
+    near = gsm8k_test[5]["question"].split()
+    rows.append(omi(" ".join(near[:-1] + ["tomorrow?"]), "\\boxed{1}", "1"))  # one word changed: 13-gram only
+    write_rows(tmp_path / "rows.jsonl", rows)
+    return planted
+
+
+def test_planted_test_questions_fail_and_block_train_until_rejected(tmp_path, gsm8k_train_rows, gsm8k_test):
+    planted = planted_source(tmp_path, gsm8k_train_rows, gsm8k_test)
+    config = make_config(tmp_path, data={"source": str(tmp_path / "rows.jsonl")}, benchmark={"source": str(GSM8K_TEST)})
+    cli("build-data", "-c", config)
+    failed = cli("contamination", "-c", config, expect=2)
+    report_path = results(tmp_path) / "demo-contamination" / "report.json"
+    assert "contamination check failed (4 exact benchmark overlaps" in error_line(failed) and str(report_path) in error_line(failed)
+
+    report = orjson.loads(report_path.read_bytes())
+    assert report["status"] == "fail"
+    assert {(pair["row_id"], pair["benchmark_index"]) for pair in report["exact_overlap"]["pairs"]} == set(planted.items())
+    near_pairs = {(pair["row_id"], pair["benchmark_index"]) for pair in report["ngram_overlap"]["pairs"]}
+    assert ("rows:305", 5) in near_pairs and set(planted.items()) <= near_pairs
+    assert (results(tmp_path) / "demo-contamination" / "manifest.json").exists()  # the check ran; its verdict is fail
+
+    with pytest.raises(UserError, match="training is refused"):
+        require_contamination_pass(load_contract(config), "demo-build-data")
+    assert "contamination check failed" in error_line(cli("train", "-c", config, expect=2))
+
+    # the fix the error names: reject the rows, rebuild, recheck
+    (tmp_path / "decisions.jsonl").write_text("".join(f'{{"row_id": "{row_id}", "decision": "reject", "note": "GSM8K test"}}\n' for row_id in planted))
+    cli("build-data", "-c", config)
+    with pytest.raises(UserError, match="checked an older build"):
+        require_contamination_pass(load_contract(config), "demo-build-data")
+    cli("contamination", "-c", config)
+    assert orjson.loads(report_path.read_bytes())["status"] == "pass"
+
+
+def test_train_val_overlap_fails(tmp_path, gsm8k_train_rows):
+    write_rows(tmp_path / "rows.jsonl", gsm8k_train_rows[:200])
+    config = make_config(tmp_path, data={"source": str(tmp_path / "rows.jsonl")}, benchmark={"source": str(GSM8K_TEST)})
+    cli("build-data", "-c", config)
+    cli("contamination", "-c", config)
+    data_dir = results(tmp_path) / "demo-build-data"
+    train, val = read_rows(data_dir / "train.jsonl"), read_rows(data_dir / "val.jsonl")
+    leaked = [train[0], {**train[1], "row_id": "other:1", "problem": train[1]["problem"].upper()}]
+    write_rows(data_dir / "val.jsonl", val + leaked)  # a tampered build: resume sees the changed input and reruns
+    cli("contamination", "-c", config, expect=2)
+    report = orjson.loads((results(tmp_path) / "demo-contamination" / "report.json").read_bytes())
+    assert report["status"] == "fail" and report["exact_overlap"]["count"] == 0
+    assert report["train_val_overlap"]["row_ids"] == [train[0]["row_id"]]
+    assert {(pair["train_row_id"], pair["val_row_id"]) for pair in report["train_val_overlap"]["problems"]} == {(train[0]["row_id"], train[0]["row_id"]), (train[1]["row_id"], "other:1")}
+
+
+def test_demo_data_passes_and_the_demo_benchmark_is_disjoint(tmp_path):
+    config = make_config(tmp_path, data={"demo_rows": 800})
+    cli("build-data", "-c", config)
+    cli("contamination", "-c", config)
+    assert require_contamination_pass(load_contract(config), "demo-build-data").exists()
+    for seed in (0, 1):
+        benchmark = {canonical_for_contamination(row["question"]) for row in generate_benchmark_rows(1000, seed)}
+        assert len(benchmark) == 1000
+        for row in generate_benchmark_rows(50, seed):  # "a - b = <<a-b=c>>c\n#### c"
+            a, op, b = row["answer"].split(" = ")[0].split()
+            assert row["answer"].endswith(f"#### {int(a) + int(b) if op == '+' else int(a) - int(b)}")
+        assert not any(canonical_for_contamination(question) in benchmark for question, _ in clean_examples(3000, seed))
+        assert not any(canonical_for_contamination(row["problem"]) in benchmark for row in generate_omi2_rows(3000, seed) if isinstance(row.get("problem"), str))
+
+
+def test_no_check_or_bad_benchmark_is_one_line(tmp_path):
+    config = make_config(tmp_path, data={"demo_rows": 300})
+    cli("build-data", "-c", config)
+    with pytest.raises(UserError, match="no finished contamination check of data run demo-build-data"):
+        require_contamination_pass(load_contract(config), "demo-build-data")
+    write_rows(tmp_path / "bench.jsonl", [{"question": "Q?", "answer": "2 + 2 = 4\n#### 4"}, {"question": "Q2?", "answer": "no reference"}])
+    bad = make_config(tmp_path, data={"demo_rows": 300}, benchmark={"source": str(tmp_path / "bench.jsonl")}, name="bad.toml")
+    cli("build-data", "-c", bad, "--if-exists", "overwrite")
+    assert "row 1: answer has no '#### N' line" in error_line(cli("contamination", "-c", bad, expect=2))

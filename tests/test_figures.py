@@ -48,7 +48,7 @@ def prediction_rows(correct: set[int]) -> list[dict]:
         answer = reference if index in correct else str(11 + index)
         rows.append({
             "example_id": f"q{index:05d}", "benchmark_index": index, "question": f"Tom has {index} apples and buys 10 more. How many?",
-            "reference_answer": reference, "generated_text": f"{index} + 10 = {answer}.\nThe answer is \\boxed{{{answer}}}.",
+            "reference_answer": reference, "generated_text": f"He pays $5 and $10, {index} + 10 = {answer}, i.e. \\frac{{{answer}}}{{1}}.\nThe answer is $\\boxed{{{answer}}}$.",
             "extracted": answer, "normalized_prediction": answer, "normalized_reference": reference, "correct": index in correct,
             "lenient_correct": index in correct or index == 39, "prompt_tokens": 30, "generated_tokens": 20, "stop_reason": "stop",
             "prompt_hash": f"p{index}", "target_hash": f"t{index}",

@@ -138,7 +138,9 @@ def fig_04_disagreement(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.Da
     paired = comparison["comparison"]
     panels = [(f"seed {s['seed']}", s["a_only"], s["b_only"], s["mcnemar_p"]) for s in paired["per_seed"]]
     panels.append(("pooled", paired["pooled"]["a_only"], paired["pooled"]["b_only"], paired["pooled"]["mcnemar_p"]))
-    figure, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.6), sharey=False)
+    seed_max = max(max(a_only, b_only) for _, a_only, b_only, _ in panels[:-1])
+    pooled_max = max(panels[-1][1], panels[-1][2])
+    figure, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.6))
     for axis, (label, a_only, b_only, p) in zip(axes, panels):
         for position, (name, count) in enumerate(((paired["a"], a_only), (paired["b"], b_only))):
             look = style(comparison, name)
@@ -146,7 +148,7 @@ def fig_04_disagreement(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.Da
             axis.text(position, count, str(count), ha="center", va="bottom", fontsize=9)
         axis.set_xticks([0, 1], [f"only {paired['a']}", f"only {paired['b']}"], fontsize=7, rotation=12)
         axis.set_title(f"{label}\nMcNemar p = {p:.3f}", fontsize=9)
-        axis.set_ylim(0, 1.2 * max(a_only, b_only, 1))
+        axis.set_ylim(0, 1.2 * max(pooled_max if label == "pooled" else seed_max, 1))  # seed panels share one scale
     axes[0].set_ylabel("questions right under one condition only")
     figure.suptitle("Discordant questions per seed (same questions, greedy decoding)")
     figure.tight_layout()
@@ -220,7 +222,8 @@ def fig_07_examples(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.DataFr
     blocks = [_example_text(example) for example in examples] or ["no question was answered differently by the two conditions"]
     lines = sum(block.count("\n") + 2 for block in blocks)
     figure = plt.figure(figsize=(11, max(2.0, 0.16 * lines)))
-    figure.text(0.01, 0.995, "\n\n".join(blocks), family="monospace", fontsize=7.5, va="top", ha="left")
+    # parse_math=False: generations are full of "$5 ... $10", "$\\boxed{18}$" and \frac, which mathtext would try to typeset
+    figure.text(0.01, 0.995, "\n\n".join(blocks), family="monospace", fontsize=7.5, va="top", ha="left", parse_math=False)
     return figure, pd.DataFrame(examples)
 
 

@@ -5,6 +5,8 @@ Nothing here is hand-written about a result: every sentence picks its wording fr
 
 from __future__ import annotations
 
+import re
+
 from loraexp.contracts import Contract
 
 
@@ -139,6 +141,13 @@ def _what_the_seed_changes(contract: Contract) -> str:
     return "LoRA initialisation; the data order is the file order for every seed"
 
 
+def _fenced(text: str) -> list[str]:
+    """A code block whose fence is longer than any backtick run inside the generation."""
+    longest_run = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest_run + 1)
+    return [fence + "text", text, fence]
+
+
 def render_report(comparison: dict, contract: Contract, figure_names: list[str], examples: list[dict]) -> str:
     """The whole report.md: numbers, figures with captions, examples, then what the result supports."""
     paired = comparison["comparison"]
@@ -152,8 +161,8 @@ def render_report(comparison: dict, contract: Contract, figure_names: list[str],
     lines += ["## Disagreement examples (full generations)", ""]
     for example in examples:
         lines += [f"**seed {example['seed']}, {example['example_id']}: {example['correct_condition']} right, {example['wrong_condition']} wrong** "
-                  f"(reference `{example['reference_answer']}`)", "", f"> {example['question']}", "",
-                  f"{example['correct_condition']} (extracted `{example['correct_extracted']}`):", "", "```text", example["correct_generation"], "```", "",
-                  f"{example['wrong_condition']} (extracted `{example['wrong_extracted']}`):", "", "```text", example["wrong_generation"], "```", ""]
+                  f"(reference `{example['reference_answer']}`)", "", "> " + " ".join(example["question"].split()), "",
+                  f"{example['correct_condition']} (extracted `{example['correct_extracted']}`):", "", *_fenced(example["correct_generation"]), "",
+                  f"{example['wrong_condition']} (extracted `{example['wrong_extracted']}`):", "", *_fenced(example["wrong_generation"]), ""]
     lines += ["## What this result supports, and what it does not", "", *verdict_lines(comparison, contract), ""]
     return "\n".join(lines)

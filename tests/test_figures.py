@@ -172,7 +172,7 @@ def test_figures_writes_every_figure_and_hand_checked_numbers(tmp_path):
     assert "The rule names all_layer" in report and "not statistically significant" in report
     assert all(f"]({name}/{name}.png)" in report for name in FIGURES)
     assert "3 training seeds" in report and "40 benchmark questions" in report and "greedy decoding, max_new_tokens 64" in report
-    assert "does not speak" not in report and "One benchmark" in report
+    assert "One benchmark (demo, 40 questions)" in report and "3 seeds change only what the seed changes" in report
 
 
 def test_inconclusive_inside_the_band_and_a_significant_winner_outside(tmp_path):

@@ -187,7 +187,7 @@ def test_bad_decisions_are_one_line_errors(tmp_path, decisions, message):
 def test_missing_decisions_file_names_the_fix(tmp_path):
     config = make_config(tmp_path, data={"decisions_file": str(tmp_path / "nope.jsonl")})
     result = cli("build-data", "-c", config, expect=2)
-    assert "nope.jsonl not found; create it (an empty file is fine)" in error_line(result)
+    assert "nope.jsonl not found; create it (an empty file is fine)" in error_line(result)  # absolute path: no cwd note
 
 
 def test_empty_dataset_names_the_gate_that_removed_everything(tmp_path):
@@ -207,3 +207,25 @@ def test_missing_or_unsupported_source_is_one_line(tmp_path):
     (tmp_path / "rows.csv").write_text("a,b\n")
     result = cli("build-data", "-c", make_config(tmp_path, data={"source": str(tmp_path / "rows.csv")}), "--if-exists", "overwrite", expect=2)
     assert "unsupported file type '.csv'" in error_line(result)
+
+
+def test_hf_dataset_path_selects_problem_source_first(tmp_path, monkeypatch):
+    """A local dataset directory goes through datasets.load_dataset, exactly like an HF id (no network)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    rows = [good(2 * i + k, source) for i in range(30) for k, source in enumerate(("gsm8k", "augmented_math"))]
+    rows[2]["problem"] = None
+    (tmp_path / "omi_hf" / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "omi_hf" / "data" / "train-00000-of-00001.parquet")
+    config = make_config(tmp_path, data={"source": str(tmp_path / "omi_hf"), "split": "train"})
+    cli("build-data", "-c", config)
+    run_dir = results(tmp_path) / "demo-build-data"
+    assert [(r["row_id"], r["reason"], r["detail"]) for r in read_rows(run_dir / "rejects.jsonl")] == [("omi_hf-train:2", "missing_field", "problem")]
+    kept = read_rows(run_dir / "train.jsonl") + read_rows(run_dir / "val.jsonl")
+    assert len(kept) == 29 and {row["row_id"] for row in kept} == {f"omi_hf-train:{2 * i}" for i in range(30)} - {"omi_hf-train:2"}
+
+    (tmp_path / "empty_hf").mkdir()
+    result = cli("build-data", "-c", make_config(tmp_path, data={"source": str(tmp_path / "empty_hf")}), "--if-exists", "overwrite", expect=2)
+    assert "could not load HF dataset" in error_line(result)

@@ -99,7 +99,8 @@ def load_decisions(data: DataSection) -> tuple[dict[str, dict], str | None]:
         return {}, None
     path = Path(data.decisions_file)
     if not path.is_file():
-        raise UserError(f"data.decisions_file {path} not found; create it (an empty file is fine) or remove decisions_file from [data]")
+        where = "" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+        raise UserError(f"data.decisions_file {path} not found{where}; create it (an empty file is fine) or remove decisions_file from [data]")
     decisions: dict[str, dict] = {}
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):
         if not line.strip():

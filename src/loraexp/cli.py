@@ -187,6 +187,24 @@ ConditionOpt = Annotated[Optional[str], typer.Option("--condition", help="Only t
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Only this seed (default: every seed in train.seeds).")]
 
 
+@app.command()
+@friendly_errors
+def render(config: ConfigOpt, run_id: RunIdOpt = None, data_run: DataRunOpt = None, push_to_hub: PushOpt = None,
+           if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:
+    """Chat-template tokens + loss weights for train/val, token stats, budget, and a hub-ready dataset folder."""
+    from loraexp.artifacts import run_id_for
+    from loraexp.stages import render as stage
+
+    contract = load(config)
+    data_dir = _finished(contract, "build-data", data_run, override)
+    run = start_run(contract, "render", run_id or run_id_for(contract, "render"), if_exists, override)
+    if run:
+        manifest = stage.run(contract, run, data_dir, push_to_hub)
+        figure = manifest["key_figure"]
+        typer.echo(f"{run.run_id}: {figure['train_rows']} train / {figure['val_rows']} val rows, mean {figure['mean_tokens']} tokens, "
+                   f"{figure['rejected']} quarantined; budget in {run.path('budget.json')}")
+
+
 @app.command("lr-select")
 @friendly_errors
 def lr_select(config: ConfigOpt, run_id: RunIdOpt = None, render_run: RenderRunOpt = None, if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:

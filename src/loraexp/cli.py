@@ -205,6 +205,25 @@ def render(config: ConfigOpt, run_id: RunIdOpt = None, data_run: DataRunOpt = No
                    f"{figure['rejected']} quarantined; budget in {run.path('budget.json')}")
 
 
+@app.command()
+@friendly_errors
+def smoke(config: ConfigOpt, run_id: RunIdOpt = None, render_run: RenderRunOpt = None, if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:
+    """Both conditions accepted by the backend, a few optimizer steps, validation NLL, SDK versions, backend-owned knobs."""
+    from loraexp.artifacts import run_id_for
+    from loraexp.backend import connect, rest_client
+    from loraexp.stages import smoke as stage
+
+    contract = load(config)
+    render_dir = _finished(contract, "render", render_run, override)
+    run = start_run(contract, "smoke", run_id or run_id_for(contract, "smoke"), if_exists, override)
+    if run:
+        service = connect(contract)
+        report = stage.run(contract, service, rest_client(service), run, render_dir)
+        for name, result in report["conditions"].items():
+            typer.echo(f"{name}: accepted={result['accepted']} trainable={result['trainable_parameters']['count']} "
+                       f"val NLL {result['val_mean_nll_before']:.4f} -> {result['val_mean_nll_after']:.4f}")
+
+
 @app.command("lr-select")
 @friendly_errors
 def lr_select(config: ConfigOpt, run_id: RunIdOpt = None, render_run: RenderRunOpt = None, if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:

@@ -196,6 +196,8 @@ def render(config: ConfigOpt, run_id: RunIdOpt = None, data_run: DataRunOpt = No
     from loraexp.stages import render as stage
 
     contract = load(config)
+    if push_to_hub:
+        stage.require_hf_token()  # before any work, so a missing token costs nothing
     data_dir = _finished(contract, "build-data", data_run, override)
     run = start_run(contract, "render", run_id or run_id_for(contract, "render"), if_exists, override)
     if run:

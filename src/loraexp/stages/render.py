@@ -43,8 +43,6 @@ def cache_root(contract: Contract) -> Path:
 def run(contract: Contract, run: Run, data_dir: Path, push_to_hub: str | None = None) -> dict:
     """Render a finished build-data run into `run.dir`; returns the manifest."""
     render = contract.render
-    if push_to_hub:
-        require_hf_token()
     run.add_input(data_dir, [*SPLITS.values(), MANIFEST])
     tokenizer = load_tokenizer(render.tokenizer, cache_root(contract))
     renderer = BatchRenderer(tokenizer, render.system_prompt, render.enable_thinking)

@@ -1,7 +1,7 @@
 """Tokenizers and chat rendering: Qwen3 ids offline, the 27-token system turn, the loss mask, batch == template.
 
-tests/data/render_identity_rows.jsonl holds 65 real rows (25 MATH train solutions, MIT; 20 GSM8K train answers
-with `#### N` turned into \\boxed{N}, MIT; 20 OpenMathInstruct-2 rows, CC BY 4.0), copied from shared/data.
+The identity check reads 65 real rows from ../shared/data (25 MATH train solutions; 20 GSM8K train answers
+with `#### N` turned into \\boxed{N}; 20 OpenMathInstruct-2 rows); nothing is copied into the repository.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from loraexp.tokenization import (
 )
 
 SYSTEM_PROMPT = "You are a careful math solver. Solve the problem step by step. Put the final answer in \\boxed{}."
-REAL_ROWS = Path(__file__).parent / "data" / "render_identity_rows.jsonl"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,19 @@ def demo(cache):
     return load_tokenizer(DEMO_TOKENIZER, cache)
 
 
+def _first_rows(relative: str, count: int) -> list[dict]:
+    with (SHARED_DATA / relative).open(encoding="utf-8") as handle:
+        return [json.loads(next(handle)) for _ in range(count)]
+
+
 def real_pairs() -> list[tuple[str, str]]:
-    rows = [json.loads(line) for line in REAL_ROWS.read_text(encoding="utf-8").splitlines()]
-    return [(row["question"], row["answer"]) for row in rows]
+    """(question, answer) pairs of real MATH, GSM8K (#### N -> \\boxed{N}) and OpenMathInstruct-2 rows."""
+    pairs = [(row["problem"], row["solution"]) for row in _first_rows("math/train.jsonl", 25)]
+    for row in _first_rows("gsm8k/train.jsonl", 20):
+        body, _, final = row["answer"].rpartition("####")
+        pairs.append((row["question"], f"{body.strip()}\n\\boxed{{{final.strip()}}}"))
+    pairs += [(row["problem"], row["generated_solution"]) for row in _first_rows("openmath/omi2_sample.jsonl", 20)]
+    return pairs
 
 
 def test_qwen3_offline_ids_match_qwen3(qwen3):

@@ -162,7 +162,7 @@ def pretrain(recipe: DemoBaseRecipe, tokenizer, progress: bool = True):
     order_rng = random.Random(recipe.init_seed)
     order: list[int] = []
     losses = []
-    for step in tqdm(range(1, recipe.steps + 1), desc="pretraining the demo base (one-time)", disable=not progress, mininterval=2.0):
+    for step in tqdm(range(1, recipe.steps + 1), desc="pretraining the demo base (one-time)", disable=None if progress else True, mininterval=2.0):
         if len(order) < recipe.batch_size:  # a fresh permutation per pass over the examples
             fresh = list(range(len(rows)))
             order_rng.shuffle(fresh)

@@ -220,7 +220,7 @@ class TrainingLoop:
         self.metrics = JsonlWriter(run_dir / METRICS) if run_dir else None
         self.checkpoints = JsonlWriter(run_dir / CHECKPOINTS) if run_dir else None
         self.records: list[dict] = []
-        self.bar = tqdm(total=plan.total_steps, initial=state.next_step - 1, desc=label, unit="step", disable=not progress, leave=False)
+        self.bar = tqdm(total=plan.total_steps, initial=state.next_step - 1, desc=label, unit="step", disable=None if progress else True, leave=False)
         self.started = time.perf_counter()
         self.tokens_this_session = 0
 

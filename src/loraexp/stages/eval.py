@@ -116,7 +116,7 @@ async def generate_all(client: Any, examples: list[dict], params: tinker.Samplin
         return prediction_row(example, await _sample(client, example["prompt"], params, gate), tokenizer)
 
     correct = done = 0
-    with tqdm(total=len(examples), desc=label, unit="q", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(examples), desc=label, unit="q", disable=None if progress else True, leave=False) as bar:
         for finished in asyncio.as_completed([one(example) for example in examples]):
             row = await finished
             writer.write(row)

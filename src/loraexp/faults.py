@@ -112,6 +112,15 @@ class FaultyClient:
         self._plan = _plan or _FaultPlan(latency_s, failure_rate, tuple(kinds), random.Random(seed))
 
     @property
+    def inner(self) -> Any:
+        """The wrapped client."""
+        return self._inner
+
+    def sibling(self, other: Any) -> "FaultyClient":
+        """`other` (e.g. the REST client beside this service) wrapped under the same fault plan."""
+        return FaultyClient(other, _plan=self._plan)
+
+    @property
     def injected(self) -> list[tuple[str, str]]:
         """Every failure injected so far, shared with the clients this one created."""
         return self._plan.injected

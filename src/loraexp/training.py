@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import tinker
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from loraexp.contracts import Contract, LoraCondition
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints.jsonl"
@@ -146,7 +147,7 @@ class InFlightFailure(Exception):
     on top of it, so the only safe recovery is to roll back to the last checkpoint."""
 
 
-def _await(value: Any, what: str) -> Any:
+def await_or_raise(value: Any, what: str) -> Any:
     try:
         return resolve(value)
     except tinker.TinkerError as exc:
@@ -171,12 +172,13 @@ def submit_step(client: Any, plan: LoopPlan, datums: Sequence[tinker.Datum], ste
     def optim_step() -> Any:
         return call_with_retries(lambda: client.optim_step(adam), f"optim_step {what}")
 
+    # awaited one at a time, nothing is queued behind a request: a failed one (which applied nothing) is retried alone
     if plan.request_shape == "single_datum_calls":
-        outputs = [_await(forward_backward([datum]), what) for datum in batch]
-        return PendingStep(step, adam.learning_rate, batch, outputs, _await(optim_step(), what))
+        outputs = [call_with_retries(lambda datum=datum: resolve(client.forward_backward([datum], "cross_entropy")), f"forward_backward {what}") for datum in batch]
+        return PendingStep(step, adam.learning_rate, batch, outputs, call_with_retries(lambda: resolve(client.optim_step(adam)), f"optim_step {what}"))
     if plan.request_shape == "batched_datums":
-        output = _await(forward_backward(batch), what)
-        return PendingStep(step, adam.learning_rate, batch, [output], _await(optim_step(), what))
+        output = call_with_retries(lambda: resolve(client.forward_backward(batch, "cross_entropy")), f"forward_backward {what}")
+        return PendingStep(step, adam.learning_rate, batch, [output], call_with_retries(lambda: resolve(client.optim_step(adam)), f"optim_step {what}"))
     # pipelined: both submitted before either is awaited
     return PendingStep(step, adam.learning_rate, batch, [forward_backward(batch)], optim_step())
 
@@ -199,7 +201,7 @@ def validation_nll(client: Any, val_datums: Sequence[tinker.Datum], batch_size: 
 def _weighted_nll(outputs: list[Any], batches: Sequence[Sequence[tinker.Datum]]) -> tuple[float, float]:
     nll_sum = weight_sum = 0.0
     for output, batch in zip(outputs, batches):
-        part_nll, part_weight = mean_nll(_await(output, "forward"), list(batch))
+        part_nll, part_weight = mean_nll(await_or_raise(output, "forward"), list(batch))
         nll_sum += part_nll
         weight_sum += part_weight
     return (nll_sum / weight_sum if weight_sum else float("nan")), weight_sum
@@ -245,8 +247,8 @@ class TrainingLoop:
         return self.records
 
     def _finish(self, pending: PendingStep) -> None:
-        outputs = [_await(output, f"forward_backward step {pending.step}") for output in pending.forward_backward]
-        _await(pending.optim, f"optim_step step {pending.step}")
+        outputs = [await_or_raise(output, f"forward_backward step {pending.step}") for output in pending.forward_backward]
+        await_or_raise(pending.optim, f"optim_step step {pending.step}")
         if len(outputs) == len(pending.batch) and len(outputs) > 1:  # single_datum_calls
             train_nll, loss_tokens = _weighted_nll(outputs, [[datum] for datum in pending.batch])
         else:
@@ -274,7 +276,7 @@ class TrainingLoop:
     def _record_checkpoint(self, pending: PendingStep) -> None:
         val_nll, val_tokens = _weighted_nll(pending.validation, _chunks(self.val_datums, self.plan.val_batch_size))
         self.state.cost_usd += val_tokens_cost(self.val_datums, self.plan.train_price_per_token)
-        saved = _await(pending.save, f"save_state step {pending.step}")
+        saved = await_or_raise(pending.save, f"save_state step {pending.step}")
         record = {
             "step": pending.step, "next_step": pending.step + 1, "name": f"step-{pending.step:06d}",
             "state_path": saved.path, "val_nll": val_nll, "val_tokens": val_tokens,
@@ -391,6 +393,21 @@ def train_with_resume(service: Any, contract: "Contract", condition: "LoraCondit
             log.warning("%s: %s; rolling back to the last checkpoint in %.1f s", label, exc, delay)
             time.sleep(delay)
     return read_jsonl(run_dir / CHECKPOINTS)
+
+
+def restart_on_in_flight_failure(work: Callable[[], T], label: str) -> T:
+    """Run `work` again from scratch when one of its requests fails in flight: for short units with no
+    checkpoint to roll back to (smoke, throughput probe), which open a fresh client each time."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return work()
+        except InFlightFailure as exc:
+            if attempt == MAX_ATTEMPTS:
+                raise UserError(f"{label}: {exc}; failed {MAX_ATTEMPTS} times: rerun the same command later") from None
+            delay = backoff_delay(attempt)
+            log.warning("%s: %s; starting it again on a fresh client in %.1f s", label, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def load_datums(path: Path, limit: int | None = None) -> list[tinker.Datum]:

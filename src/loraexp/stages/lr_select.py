@@ -18,7 +18,8 @@ import tinker
 from loraexp.artifacts import IfExists, Run, is_finished, open_run, read_json, write_json_atomic
 from loraexp.contracts import Contract, LoraCondition, RequestShape
 from loraexp.training import (
-    CHECKPOINTS, METRICS, TrainingLoop, LoopState, load_datums, make_plan, new_training_client, train_with_resume,
+    CHECKPOINTS, METRICS, LoopPlan, LoopState, TrainingLoop, load_datums, make_plan, new_training_client, restart_on_in_flight_failure,
+    train_with_resume,
 )
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,15 @@ def select_per_condition(contract: Contract, entries: list[dict]) -> dict:
     return conditions
 
 
+def timed_probe(service: Any, contract: Contract, condition: LoraCondition, plan: LoopPlan, train_datums: Sequence[tinker.Datum], shape: str) -> tuple[TrainingLoop, float]:
+    """`plan.total_steps` steps on a fresh client in one request shape; (the loop, seconds)."""
+    client = new_training_client(service, contract, condition, contract.lr_select.seed)
+    loop = TrainingLoop(client, plan, train_datums, [], None, LoopState(), progress=False, label=shape)
+    started = time.perf_counter()
+    loop.run()
+    return loop, time.perf_counter() - started
+
+
 def probe_throughput(contract: Contract, service: Any, train_datums: Sequence[tinker.Datum]) -> list[dict]:
     """Seconds per optimizer step and tokens/s for each request shape, on fresh clients with the same batches."""
     condition = contract.lora.conditions[0]
@@ -82,11 +92,7 @@ def probe_throughput(contract: Contract, service: Any, train_datums: Sequence[ti
         plan = make_plan(contract, contract.lr_select.lr_grid[0], contract.train.batch_size, len(train_datums),
                          contract.lr_select.seed, total_steps=steps, cadence=())
         plan = dataclasses.replace(plan, request_shape=shape)
-        client = new_training_client(service, contract, condition, contract.lr_select.seed)
-        loop = TrainingLoop(client, plan, train_datums, [], None, LoopState(), progress=False, label=shape)
-        started = time.perf_counter()
-        loop.run()
-        seconds = time.perf_counter() - started
+        loop, seconds = restart_on_in_flight_failure(lambda: timed_probe(service, contract, condition, plan, train_datums, shape), f"throughput probe {shape}")
         results.append({"request_shape": shape, "steps": steps, "seconds_per_step": seconds / steps,
                         "tokens_per_second": loop.tokens_this_session / seconds, "batch_size": plan.batch_size})
         log.info("throughput %s: %.3f s/step", shape, seconds / steps)

@@ -24,7 +24,8 @@ from loraexp.contracts import Contract, LoraCondition
 from loraexp.datums import mean_nll
 from loraexp.errors import UserError
 from loraexp.local_tinker.model import LORA_ALPHA, LORA_DROPOUT
-from loraexp.training import load_datums, validation_nll
+from loraexp.retry import call_with_retries
+from loraexp.training import await_or_raise, load_datums, new_training_client, resolve, restart_on_in_flight_failure, validation_nll
 
 log = logging.getLogger(__name__)
 
@@ -74,28 +75,39 @@ def smoke_learning_rate(contract: Contract) -> float:
 
 def smoke_condition(contract: Contract, service: Any, rest: Any, condition: LoraCondition, train_batch: Sequence[tinker.Datum],
                     val_datums: Sequence[tinker.Datum], learning_rate: float, metrics: JsonlWriter) -> dict:
+    """Smoke one condition; a request failing in flight restarts it on a fresh client (an optim_step may already
+    have run on top of a refused forward_backward), and its metrics rows are written only once it succeeds."""
+    result, rows = restart_on_in_flight_failure(
+        lambda: smoke_once(contract, service, rest, condition, train_batch, val_datums, learning_rate), f"smoke {condition.name}")
+    metrics.write_many(rows)
+    return result
+
+
+def smoke_once(contract: Contract, service: Any, rest: Any, condition: LoraCondition, train_batch: Sequence[tinker.Datum],
+               val_datums: Sequence[tinker.Datum], learning_rate: float) -> tuple[dict, list[dict]]:
     """Create the condition's client, train SMOKE_STEPS steps, validate, save, and read back what the backend recorded."""
     requested = {flag: getattr(condition, flag) for flag in FLAGS}
-    client = service.create_lora_training_client(contract.experiment.base_model, rank=contract.lora.rank, seed=contract.lr_select.seed,
-                                                 user_metadata={"stage": "smoke", "condition": condition.name}, **requested).result()
+    client = call_with_retries(lambda: resolve(service.create_lora_training_client(
+        contract.experiment.base_model, rank=contract.lora.rank, seed=contract.lr_select.seed,
+        user_metadata={"stage": "smoke", "condition": condition.name}, **requested)), f"create_lora_training_client ({condition.name})")
     info = client.get_info()
     adam = tinker.AdamParams(learning_rate=learning_rate, **contract.train.adam.model_dump())
     val_before, val_tokens = validation_nll(client, val_datums, contract.train.val_batch_size)
-    train_nll = []
+    train_nll, rows = [], []
     for step in range(1, SMOKE_STEPS + 1):
         started = time.perf_counter()
-        forward_backward = client.forward_backward(list(train_batch), "cross_entropy")
-        optim = client.optim_step(adam)  # submitted before either is awaited, as the train loop does
-        nll_sum, loss_tokens = mean_nll(forward_backward.result(), train_batch)
-        optim.result()
+        forward_backward = call_with_retries(lambda: client.forward_backward(list(train_batch), "cross_entropy"), f"forward_backward smoke step {step}")
+        optim = call_with_retries(lambda: client.optim_step(adam), f"optim_step smoke step {step}")  # submitted before either is awaited, as the train loop does
+        nll_sum, loss_tokens = mean_nll(await_or_raise(forward_backward, f"forward_backward smoke step {step}"), train_batch)
+        await_or_raise(optim, f"optim_step smoke step {step}")
         train_nll.append(nll_sum / loss_tokens)
-        metrics.write({"condition": condition.name, "step": step, "progress": step / SMOKE_STEPS, "learning_rate": learning_rate,
-                       "train_mean_nll": train_nll[-1], "num_sequences": len(train_batch),
-                       "num_tokens": sum(d.model_input.length for d in train_batch), "num_loss_tokens": loss_tokens,
-                       "step_seconds": time.perf_counter() - started})
+        rows.append({"condition": condition.name, "step": step, "progress": step / SMOKE_STEPS, "learning_rate": learning_rate,
+                     "train_mean_nll": train_nll[-1], "num_sequences": len(train_batch),
+                     "num_tokens": sum(d.model_input.length for d in train_batch), "num_loss_tokens": loss_tokens,
+                     "step_seconds": time.perf_counter() - started})
     val_after, _ = validation_nll(client, val_datums, contract.train.val_batch_size)
-    state_path = client.save_state(f"smoke-{condition.name}", ttl_seconds=SMOKE_TTL_SECONDS).result().path
-    recorded = rest.get_weights_info_by_tinker_path(state_path).result()
+    state_path = await_or_raise(call_with_retries(lambda: client.save_state(f"smoke-{condition.name}", ttl_seconds=SMOKE_TTL_SECONDS), "save_state smoke"), "save_state smoke").path
+    recorded = call_with_retries(lambda: resolve(rest.get_weights_info_by_tinker_path(state_path)), f"get_weights_info {state_path}")
     accepted = {flag: getattr(recorded, flag) for flag in FLAGS}
     log.info("smoke %s: model %s, val NLL %.4f -> %.4f, train NLL %s", condition.name, info.model_id, val_before, val_after,
              " -> ".join(f"{nll:.4f}" for nll in train_nll))
@@ -112,7 +124,7 @@ def smoke_condition(contract: Contract, service: Any, rest: Any, condition: Lora
         "val_mean_nll_after": val_after,
         "val_loss_tokens": val_tokens,
         "state_path": state_path,
-    }
+    }, rows
 
 
 def trainable_parameters(client: Any, contract: Contract, condition: LoraCondition) -> dict:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tinker
+from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
 
 from loraexp.datums import datum_from_row
-from loraexp.faults import FAULT_KINDS, FaultyClient, ServiceTiming, SimulatedService, injected_error
+from loraexp.faults import FAULT_KINDS, FaultyClient, ServiceTiming, SimulatedService, SimulatedTrainingClient, injected_error
 from loraexp.local_tinker import LocalRestClient, LocalServiceClient
 from tiny_qwen3 import fixture_rows, make_tiny_qwen3
 
@@ -130,3 +132,32 @@ def test_simulated_service_pipelining_approaches_the_server_bound(service, base_
     assert server_bound + timing.round_trip_s <= pipelined_s < server_bound + timing.round_trip_s + 0.25
     for a, b in zip(logprobs(sequential, data), logprobs(pipelined, data)):
         assert np.array_equal(a, b)
+
+
+class _SlowFirstCall:
+    """A training client whose first optim_step takes 0.3 s of real time and every later call none."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def optim_step(self, optim_params=None, *, adam_params=None):
+        self.calls += 1
+        delay = 0.3 if self.calls == 1 else 0.0
+        worker = ThreadPoolExecutor(max_workers=1)
+        return AwaitableConcurrentFuture(worker.submit(lambda: time.sleep(delay) or tinker.OptimStepResponse(metrics={})))
+
+
+def test_a_slow_real_call_does_not_stretch_the_simulated_clock():
+    # 6 pipelined requests of 0.1 s simulated compute behind a 0.1 s round trip: 0.7 s on the simulated clock.
+    # Before the fix the server slept through the real call, so a 0.3 s first call made it 0.3 + 5 x 0.1 + 0.1 = 0.9 s.
+    simulated = SimulatedService(None, ServiceTiming(round_trip_s=0.1, optim_step_s=0.1))
+    client = SimulatedTrainingClient(_SlowFirstCall(), simulated.server)
+    started = time.monotonic()
+    futures = [client.optim_step(ADAM) for _ in range(6)]
+    first_done = futures[0].result()
+    first_s = time.monotonic() - started
+    [future.result() for future in futures]
+    elapsed = time.monotonic() - started
+    assert first_done.metrics == {}
+    assert first_s >= 0.3  # a result is never delivered before its real call has finished
+    assert 0.7 <= elapsed < 0.82

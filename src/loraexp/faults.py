@@ -8,14 +8,14 @@
   throughput studies: each request reaches the server after half a round trip, the server runs
   requests one at a time in submission order for a fixed compute time (forward_backward in
   proportion to its datums, optim_step fixed), and the result comes back half a round trip later.
-  The round trips of pipelined submissions overlap; the compute does not. Real sleeps.
+  The round trips of pipelined submissions overlap; the compute does not. Real time: results are held
+  until their simulated delivery, and the real call's own duration does not stretch the simulated clock.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import queue
 import random
 import threading
 import time
@@ -160,31 +160,41 @@ class ServiceTiming:
 
 
 class _SimulatedServer:
-    """Runs requests one at a time in submission order for at least their simulated compute time."""
+    """Keeps the service's clock: requests run one at a time in submission order for their simulated compute time.
+
+    The clock is bookkeeping, not a thread that sleeps through each request: the wrapped call starts at
+    submission on the inner client (whose own worker keeps submission order), so its real duration overlaps
+    the simulated timeline instead of stretching it. A local forward_backward that takes 0.62 s on a loaded
+    machine would otherwise make a 0.5 s simulated step 0.62 s long. A result is delivered half a round trip
+    after its simulated finish, or when the real call finishes if that is later.
+    """
 
     def __init__(self, timing: ServiceTiming):
         self.timing = timing
-        self._queue: queue.Queue[tuple[float, float, Callable[[], Any], Future]] = queue.Queue()
+        self._free_at = 0.0  # monotonic time at which the server finishes everything submitted so far
+        self._lock = threading.Lock()
         self._courier = _Courier()
-        threading.Thread(target=self._loop, daemon=True, name="loraexp-simulated-server").start()
 
-    def submit(self, compute_s: float, work: Callable[[], Any]) -> APIFuture:
-        future: Future = Future()
-        self._queue.put((time.monotonic() + self.timing.round_trip_s / 2, compute_s, work, future))
-        return AwaitableConcurrentFuture(future)
+    def submit(self, compute_s: float, start: Callable[[], Any], wrap: Callable[[Any], Any] = lambda value: value) -> APIFuture:
+        """Schedule a request of `compute_s`; `start()` submits the real call and returns its APIFuture."""
+        with self._lock:  # the schedule and the inner submission order agree
+            arrives = time.monotonic() + self.timing.round_trip_s / 2
+            self._free_at = max(arrives, self._free_at) + compute_s
+            deliver_at = self._free_at + self.timing.round_trip_s / 2
+            source = _started(start)
+        target: Future = Future()
+        source.add_done_callback(lambda done: self._courier.at(max(deliver_at, time.monotonic()), lambda: _settle(target, done, wrap)))
+        return AwaitableConcurrentFuture(target)
 
-    def _loop(self) -> None:
-        while True:
-            arrives, compute_s, work, future = self._queue.get()
-            time.sleep(max(0.0, arrives - time.monotonic()))
-            started = time.monotonic()
-            outcome: Future = Future()
-            try:
-                outcome.set_result(work())
-            except Exception as exc:  # noqa: BLE001 - delivered to the caller through its future
-                outcome.set_exception(exc)
-            time.sleep(max(0.0, started + compute_s - time.monotonic()))
-            self._courier.at(time.monotonic() + self.timing.round_trip_s / 2, lambda f=future, o=outcome: _settle(f, o, lambda v: v))
+
+def _started(start: Callable[[], Any]) -> Future:
+    """The concurrent future of a real call; a call that raises at submission becomes a failed future."""
+    try:
+        return start().future()
+    except Exception as exc:  # noqa: BLE001 - delivered to the caller through its future, on the simulated clock
+        failed: Future = Future()
+        failed.set_exception(exc)
+        return failed
 
 
 class SimulatedService:
@@ -200,10 +210,8 @@ class SimulatedService:
             return attribute
 
         def create(*args: Any, **kwargs: Any) -> APIFuture:
-            def work() -> Any:
-                client = attribute(*args, **kwargs).result()
-                return SimulatedTrainingClient(client, self.server) if hasattr(client, "forward_backward") else client
-            return self.server.submit(self.server.timing.other_s, work)
+            wrap = lambda client: SimulatedTrainingClient(client, self.server) if hasattr(client, "forward_backward") else client  # noqa: E731
+            return self.server.submit(self.server.timing.other_s, lambda: attribute(*args, **kwargs), wrap)
 
         return create
 
@@ -217,17 +225,17 @@ class SimulatedTrainingClient:
 
     def forward_backward(self, data: list[tinker.Datum], loss_fn: str, loss_fn_config: Any = None) -> APIFuture:
         compute_s = len(data) * self._server.timing.forward_backward_s_per_datum
-        return self._server.submit(compute_s, lambda: self._inner.forward_backward(data, loss_fn, loss_fn_config).result())
+        return self._server.submit(compute_s, lambda: self._inner.forward_backward(data, loss_fn, loss_fn_config))
 
     def forward(self, data: list[tinker.Datum], loss_fn: str, loss_fn_config: Any = None) -> APIFuture:
         compute_s = len(data) * self._server.timing.forward_s_per_datum
-        return self._server.submit(compute_s, lambda: self._inner.forward(data, loss_fn, loss_fn_config).result())
+        return self._server.submit(compute_s, lambda: self._inner.forward(data, loss_fn, loss_fn_config))
 
     def optim_step(self, optim_params: Any = None, *, adam_params: Any = None) -> APIFuture:
-        return self._server.submit(self._server.timing.optim_step_s, lambda: self._inner.optim_step(optim_params, adam_params=adam_params).result())
+        return self._server.submit(self._server.timing.optim_step_s, lambda: self._inner.optim_step(optim_params, adam_params=adam_params))
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._inner, name)
         if not name.startswith("save_") or not callable(attribute):
             return attribute
-        return lambda *args, **kwargs: self._server.submit(self._server.timing.other_s, lambda: attribute(*args, **kwargs).result())
+        return lambda *args, **kwargs: self._server.submit(self._server.timing.other_s, lambda: attribute(*args, **kwargs))

@@ -49,6 +49,30 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
+
+
+class RedactSecrets(logging.Filter):
+    """Replace secret values (TINKER_API_KEY, HF_TOKEN, ...) in every log line, tracebacks included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from loraexp.artifacts import redact
+
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, None
+        record.msg, record.args = redact(message), ()
+        return True
+
+
+def echo_error(message: object) -> None:
+    """The one `error: ...` line on stderr, with secret values redacted (a key pasted into a flag must not reach a log)."""
+    from loraexp.artifacts import redact
+
+    typer.echo(f"error: {redact(str(message))}", err=True)
 
 
 def friendly_errors(command: Callable) -> Callable:
@@ -59,11 +83,11 @@ def friendly_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except UserError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            echo_error(exc)
             raise typer.Exit(2) from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                typer.echo(f"error: disk full while writing {exc.filename or 'artifacts'}; free space, then rerun the same command (it resumes)", err=True)
+                echo_error(f"disk full while writing {exc.filename or 'artifacts'}; free space, then rerun the same command (it resumes)")
                 raise typer.Exit(2) from None
             raise
         except KeyboardInterrupt:
@@ -300,6 +324,10 @@ def evaluate(config: ConfigOpt, condition: ConditionOpt = None, seed: SeedOpt = 
     contract = load(config)
     if checkpoint and (condition is None or seed is None):
         raise UserError("--checkpoint needs --condition and --seed, so the predictions are filed under the right run")
+    if checkpoint and not checkpoint.startswith("tinker://"):
+        raise UserError("--checkpoint must be a tinker://<run>/sampler_weights/<name> path (the sampler_path in the export run's exports.json)")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be a positive number of questions (got {limit}); leave it out to evaluate the whole benchmark")
     render_dir = _finished(contract, "render", render_run, override)
     models = [{"condition": "baseline", "seed": None, "sampler_path": None}]
     if checkpoint:
@@ -357,7 +385,7 @@ def _run_all(config: Path, start: Optional[str], only: Optional[str]) -> None:
     try:
         run_pipeline(contract, config, _stage_commands(), start, only, report=typer.echo)
     except StageFailed as exc:
-        typer.echo(f"error: {exc}", err=True)
+        echo_error(exc)
         raise typer.Exit(1) from None
 
 

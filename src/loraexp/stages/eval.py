@@ -62,7 +62,8 @@ def sampling_client_for(service: Any, contract: Contract, sampler_path: str | No
     """The base model's sampler for the baseline, or a checkpoint's by its sampler_weights path."""
     if sampler_path is None:
         return call_with_retries(lambda: resolve(service.create_sampling_client(base_model=contract.experiment.base_model)), "create_sampling_client (base model)")
-    return call_with_retries(lambda: resolve(service.create_sampling_client(model_path=sampler_path)), f"create_sampling_client {sampler_path}")
+    what = f"create_sampling_client {sampler_path} (it must be a sampler_weights path: the sampler_path in exports.json)"
+    return call_with_retries(lambda: resolve(service.create_sampling_client(model_path=sampler_path)), what)
 
 
 def build_examples(contract: Contract, tokenizer: Any, benchmark: list[dict], limit: int | None) -> list[dict]:

@@ -14,3 +14,13 @@ def small_base(tmp_path_factory) -> Path:
 
     recipe = DemoBaseRecipe(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128, examples=256, steps=4, batch_size=16, warmup_steps=1)
     return ensure_demo_base(tmp_path_factory.mktemp("cache"), recipe)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, small_base) -> Path:
+    """The small contract run end to end, uninterrupted and fault-free, by a real `loraexp run` process."""
+    from crashkit import make_workdir, run_to_end
+
+    workdir = make_workdir(tmp_path_factory.mktemp("reference"), small_base)
+    run_to_end(workdir, "run", "--config", "demo.toml")
+    return workdir

@@ -15,12 +15,15 @@ import time
 from typing import Callable, TypeVar
 
 import tinker
+from tinker.lib.retryable_exception import RetryableException
 from tinker.types import RequestErrorCategory
 
 from loraexp.errors import UserError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# what a service call can raise: the SDK's errors, and its 410 "promise expired" (not a TinkerError)
+SERVICE_ERRORS: tuple[type[BaseException], ...] = (tinker.TinkerError, RetryableException)
 
 MAX_ATTEMPTS = 8  # 1 + 7 retries; with the 2**n backoff below that is ~2 minutes of waiting
 BASE_DELAY_S = float(os.environ.get("LORAEXP_RETRY_BASE_DELAY_S", "1.0"))  # tests set it near 0
@@ -28,7 +31,7 @@ MAX_DELAY_S = 30.0
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (tinker.RateLimitError, tinker.InternalServerError, tinker.APIConnectionError)):
+    if isinstance(exc, (tinker.RateLimitError, tinker.InternalServerError, tinker.APIConnectionError, RetryableException)):
         return True
     if isinstance(exc, tinker.RequestFailedError):
         return exc.category != RequestErrorCategory.User
@@ -57,7 +60,7 @@ def call_with_retries(call: Callable[[], T], what: str, attempts: int = MAX_ATTE
     for attempt in range(1, attempts + 1):
         try:
             return call()
-        except tinker.TinkerError as exc:
+        except SERVICE_ERRORS as exc:
             if not is_transient(exc):
                 raise permanent_error(exc, what) from None
             if attempt == attempts:

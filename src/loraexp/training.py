@@ -29,7 +29,7 @@ from loraexp.artifacts import JsonlWriter, read_jsonl, write_jsonl
 from loraexp.contracts import AdamSection, EpochOrder, RequestShape, TrainSection
 from loraexp.datums import mean_nll
 from loraexp.errors import UserError
-from loraexp.retry import MAX_ATTEMPTS, backoff_delay, call_with_retries, is_transient, permanent_error
+from loraexp.retry import SERVICE_ERRORS, MAX_ATTEMPTS, backoff_delay, call_with_retries, is_transient, permanent_error
 
 if TYPE_CHECKING:
     from loraexp.contracts import Contract, LoraCondition
@@ -150,7 +150,7 @@ class InFlightFailure(Exception):
 def await_or_raise(value: Any, what: str) -> Any:
     try:
         return resolve(value)
-    except tinker.TinkerError as exc:
+    except SERVICE_ERRORS as exc:
         if is_transient(exc):
             raise InFlightFailure(f"{what}: {type(exc).__name__}: {exc}") from exc
         raise permanent_error(exc, what) from None

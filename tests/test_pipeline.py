@@ -62,3 +62,20 @@ def test_unknown_stage_name_is_one_line(tmp_path, small_base):
     config = small_config(tmp_path, small_base)
     result = cli("run", "--config", config, "--only", "trian", expect=2)
     assert "unknown stage 'trian'" in result.output
+
+
+def test_an_unexpected_exception_is_one_line_and_a_crash_log(tmp_path, small_base, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = small_config(tmp_path, small_base)
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("simulated bug")
+
+    monkeypatch.setattr("loraexp.stages.audit.run", broken)
+    cli("build-data", "--config", config)
+    result = cli("audit", "--config", config, expect=1)
+    assert "Traceback" not in result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("error: unexpected ZeroDivisionError"))
+    logs = list((tmp_path / "artifacts" / "logs").glob("crash-*.txt"))
+    assert len(logs) == 1 and str(logs[0].relative_to(tmp_path)) in line
+    assert "simulated bug" in logs[0].read_text() and "Traceback" in logs[0].read_text()

@@ -192,6 +192,17 @@ def redact(text: str) -> str:
     return text
 
 
+def write_crash_log() -> Path:
+    """Save the current exception's traceback (secrets redacted) under artifacts/logs/; return the path."""
+    import traceback
+
+    directory = Path("artifacts") / "logs"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"crash-{dt.datetime.now().strftime('%Y%m%dT%H%M%S%f')}.txt"
+    path.write_text(redact(traceback.format_exc()), encoding="utf-8")
+    return path
+
+
 def results_root(contract: Contract) -> Path:
     return Path(contract.experiment.artifacts_dir) / "results"
 

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
+import click
 import typer
 
-from loraexp.artifacts import IfExists
+from loraexp.artifacts import IfExists, write_crash_log
 from loraexp.contracts import Contract, load_contract
 from loraexp.errors import UserError
 
@@ -93,6 +94,11 @@ def friendly_errors(command: Callable) -> Callable:
         except KeyboardInterrupt:
             typer.echo("interrupted: rerun the same command to resume", err=True)
             raise typer.Exit(130) from None
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug or an unforeseen service error: one line here, the traceback in a file
+            echo_error(f"unexpected {type(exc).__name__}: {exc} (traceback in {write_crash_log()}); rerun the same command to resume, and report it if it repeats")
+            raise typer.Exit(1) from None
 
     return wrapper
 

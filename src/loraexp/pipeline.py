@@ -16,7 +16,7 @@ from typing import Callable
 
 import orjson
 
-from loraexp.artifacts import MANIFEST
+from loraexp.artifacts import MANIFEST, write_crash_log
 from loraexp.contracts import Contract
 from loraexp.errors import UserError
 
@@ -66,8 +66,8 @@ def run_pipeline(contract: Contract, config: Path, commands: dict[str, Callable[
         except UserError as exc:
             raise StageFailed(stage, str(exc), f"loraexp {stage} --config {config}") from None
         except Exception as exc:  # an unexpected failure still names the stage and the rerun command
-            log.exception("stage %s crashed", stage)
-            raise StageFailed(stage, f"{type(exc).__name__}: {exc}", f"loraexp {stage} --config {config}") from None
+            reason = f"unexpected {type(exc).__name__}: {exc} (traceback in {write_crash_log()})"
+            raise StageFailed(stage, reason, f"loraexp {stage} --config {config}") from None
         after = manifests_snapshot(contract)
         changed = sorted(run_id for run_id, finished in after.items() if before.get(run_id) != finished)
         if changed:

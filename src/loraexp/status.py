@@ -20,19 +20,29 @@ def _age(mtime: float) -> str:
 
 
 def _key_figure(figure: dict) -> str:
+    """The first three figures a stage chose to show (the manifest holds them all)."""
+    figure = dict(list(figure.items())[:3])
     return ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in figure.items())
 
 
 def print_status(root: Path) -> None:
     """Print the run table for `<root>/results` (an empty table says where it looked)."""
-    runs = list_runs(root)
-    console = Console()
+    from loraexp.pipeline import STAGES
+
+    order = {stage: index for index, stage in enumerate(STAGES)}
+    order["lr-select-point"] = order["lr-select"]
+    runs = sorted(list_runs(root), key=lambda run: (order.get(run.get("stage", "?"), len(order)), run["run_id"]))
+    console = Console(width=max(Console().width, 120))
     if not runs:
         console.print(f"no runs under {root / 'results'} yet: start with `loraexp demo` or `loraexp run --config <file>`")
         return
     table = Table(title=f"runs under {root / 'results'}")
-    for column in ("stage", "run_id", "status", "key figure", "contract", "age"):
-        table.add_column(column)
+    table.add_column("stage", no_wrap=True)
+    table.add_column("run_id", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("key figure", overflow="fold")
+    table.add_column("contract", no_wrap=True)
+    table.add_column("age", no_wrap=True)
     for run in runs:
         status = run.get("status", "?")
         style = "green" if status == "pass" else "yellow"

@@ -181,6 +181,8 @@ class LocalSamplingClient:
     def _run(self, requests: list[_Request]) -> None:
         prepared: list[tuple[_Request, list[_Row]]] = []
         for request in requests:
+            if not request.future.set_running_or_notify_cancel():
+                continue  # the caller gave up (e.g. eval aborted): setting its result would kill this worker thread
             try:
                 prepared.append((request, self._rows(request)))
             except Exception as exc:  # noqa: BLE001 - reported to that request's caller only

@@ -145,7 +145,7 @@ def train_outcome(workdir: Path) -> dict:
 def eval_outcome(workdir: Path) -> dict:
     """Per eval run: accuracies and every prediction row (by example id; each exactly once)."""
     outcome = {}
-    for run_dir in sorted(results(workdir).glob(f"{EVAL}*")):
+    for run_dir in sorted(p for p in results(workdir).glob(f"{EVAL}*") if "-probe" not in p.name):
         rows = jsonl_rows(run_dir / "predictions.jsonl")
         ids = [row["example_id"] for row in rows]
         assert len(ids) == len(set(ids)), f"{run_dir.name}: duplicated predictions"

@@ -113,16 +113,17 @@ async def generate_all(client: Any, examples: list[dict], params: tinker.Samplin
     """Sample every pending example with `concurrency` requests in flight; write each row as it finishes."""
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(example: dict) -> dict:
-        sequence = await _sample(client, example["prompt"], params, gate)
-        # decode + scoring (math-verify) is ~1-2 ms of CPU per row; on the event loop the 16 rows of a finished
-        # batch ran before the next 16 requests were sent, so every round trip also paid 16 scorings
-        return await asyncio.to_thread(prediction_row, example, sequence, tokenizer)
+    async def sample(example: dict) -> tuple[dict, tinker.SampledSequence]:
+        return example, await _sample(client, example["prompt"], params, gate)
 
     correct = done = 0
     with tqdm(total=len(examples), desc=label, unit="q", disable=None if progress else True, leave=False) as bar:
-        for finished in asyncio.as_completed([one(example) for example in examples]):
-            row = await finished
+        # Score here, not in the sampling task: a finished task frees its slot at once, so the requests that take
+        # the freed slots are sent before the 1-2 ms of CPU per row (decode + math-verify) runs on the event loop.
+        # Scored inside the task, a batch of 16 answers cost 16 scorings before the next 16 requests went out.
+        for finished in asyncio.as_completed([sample(example) for example in examples]):
+            example, sequence = await finished
+            row = prediction_row(example, sequence, tokenizer)
             writer.write(row)
             done += 1
             correct += row["correct"]

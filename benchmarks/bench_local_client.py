@@ -1,12 +1,16 @@
 """The local Tinker client against a plain PEFT + torch loop, on the default tiny model; run by hand.
 
-    python benchmarks/bench_local_client.py [--steps 30] [--rounds 5]
+    python benchmarks/bench_local_client.py [--steps 10] [--rounds 20] [--threads 1]
 
-1. Training step (forward_backward + optim_step, batch 8, 60-80 tokens, LoRA r8 attn+mlp) through
-   LocalTrainingClient vs the same model, batch and AdamW in a plain loop; rounds alternate between
-   the two so that machine noise hits both; reports median seconds per step and their ratio (target <= 1.1).
+Model: the demo base's shape and vocabulary (hidden 128, 4 layers, 4x32 heads, 2 KV heads, MLP 384, tied, the
+demo tokenizer's 525 tokens), random init. Rows: real demo training rows (system prompt + question + answer,
+~87 tokens, loss on the answer), rendered with the demo tokenizer.
+1. Training step (forward_backward + optim_step, batch 8, LoRA r8 attn+mlp) through LocalTrainingClient vs the
+   same model, batch and AdamW in a plain PEFT + torch loop. torch.set_num_threads(--threads) for both; warm-up,
+   then rounds of `--steps` steps in ABBA order (plain, local, local, plain, ...) so drift and machine noise hit
+   both; the ratio local/plain is taken per round and its median reported (target <= 1.1).
 2. Greedy generation, 16 prompts x 64 new tokens: 16 concurrent sample() calls (batched by the
-   sampler's worker) vs one prompt at a time; tokens per second.
+   sampler's worker) vs one prompt at a time; tokens per second, median of `--gen-rounds`.
 """
 
 from __future__ import annotations
@@ -22,32 +26,29 @@ import peft
 import tinker
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import AutoModelForCausalLM
 
+from loraexp.data.demo import clean_examples
 from loraexp.datums import datum_from_row
+from loraexp.demo_model import DemoBaseRecipe, new_model
 from loraexp.local_tinker import LocalServiceClient
+from loraexp.tokenization import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER, BatchRenderer, load_tokenizer
 
-VOCAB, BATCH, RANK, LR = 1024, 8, 8, 1e-3
+BATCH, RANK, LR = 8, 8, 1e-3
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+CACHE_ROOT = Path("artifacts/cache")  # the demo tokenizer is built there once (a second)
 
 
-def default_tiny_model(directory: Path) -> Path:
-    """The demo base's shape (hidden 128, 4 layers, 4x32 heads, 2 KV heads, MLP 384, tied) with a 1,024-token vocab."""
-    config = Qwen3Config(vocab_size=VOCAB, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=2, head_dim=32, max_position_embeddings=1024, tie_word_embeddings=True, eos_token_id=1, pad_token_id=0)
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(config).save_pretrained(directory)
+def default_tiny_model(directory: Path, tokenizer) -> Path:
+    """The demo base's shape and vocabulary with random weights (no pretraining: the step time is the same)."""
+    new_model(DemoBaseRecipe(), tokenizer).save_pretrained(directory)
     return directory
 
 
-def demo_rows(count: int, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(count):
-        length = int(rng.integers(60, 81))
-        prompt = int(rng.integers(30, 45))
-        rows.append({"tokens": rng.integers(2, VOCAB, length).tolist(), "weights": [0] * prompt + [1] * (length - prompt)})
-    return rows
+def demo_rows(tokenizer, count: int, seed: int = 0) -> list[dict]:
+    """Demo training rows as the render stage writes them: tokens, weight 1 on the answer span."""
+    rendered = BatchRenderer(tokenizer, DEMO_SYSTEM_PROMPT).render(clean_examples(count, seed))
+    return [{"tokens": tokens, "weights": [0] * prompt + [1] * (len(tokens) - prompt)} for tokens, prompt in rendered]
 
 
 def plain_loop(base_dir: Path, rows: list[dict]):
@@ -101,55 +102,67 @@ def time_steps(step, count: int) -> float:
     return (time.perf_counter() - started) / count
 
 
-def bench_training(service: LocalServiceClient, base_dir: Path, steps: int, rounds: int) -> dict:
-    rows = demo_rows(BATCH)
+def bench_training(service: LocalServiceClient, base_dir: Path, rows: list[dict], steps: int, rounds: int) -> dict:
     plain, local = plain_loop(base_dir, rows), local_loop(service, base_dir, rows)
     assert abs(plain() - local()) < 1e-2, "the two loops must compute the same loss"
-    time_steps(plain, 3), time_steps(local, 3)  # warm-up
+    time_steps(plain, 10), time_steps(local, 10)  # warm-up
     plain_s, local_s = [], []
-    for _ in range(rounds):
-        plain_s.append(time_steps(plain, steps))
-        local_s.append(time_steps(local, steps))
+    for round_number in range(rounds):
+        if round_number % 2 == 0:
+            plain_s.append(time_steps(plain, steps))
+            local_s.append(time_steps(local, steps))
+        else:
+            local_s.append(time_steps(local, steps))
+            plain_s.append(time_steps(plain, steps))
     ratios = [l / p for l, p in zip(local_s, plain_s)]
     return {"plain_s_per_step": statistics.median(plain_s), "local_s_per_step": statistics.median(local_s),
             "ratio_median": statistics.median(ratios), "ratios": ratios, "tokens_per_step": sum(len(r["tokens"]) - 1 for r in rows)}
 
 
-def bench_generation(service: LocalServiceClient, base_dir: Path, prompts: int = 16, new_tokens: int = 64) -> dict:
+def bench_generation(service: LocalServiceClient, base_dir: Path, vocab: int, rounds: int, prompts: int = 16, new_tokens: int = 64) -> dict:
     sampler = service.create_sampling_client(base_model=str(base_dir)).result()
     rng = np.random.default_rng(1)
-    inputs = [tinker.ModelInput.from_ints(rng.integers(2, VOCAB, int(rng.integers(30, 50))).tolist()) for _ in range(prompts)]
+    inputs = [tinker.ModelInput.from_ints(rng.integers(2, vocab, int(rng.integers(30, 50))).tolist()) for _ in range(prompts)]
     params = tinker.SamplingParams(max_tokens=new_tokens, temperature=0.0, stop=[])  # no stops: every prompt decodes 64 tokens
     sampler.sample(inputs[0], 1, params).result()  # warm-up
-
-    started = time.perf_counter()
-    one_by_one = [sampler.sample(prompt, 1, params).result() for prompt in inputs]
-    sequential_s = time.perf_counter() - started
-    started = time.perf_counter()
-    futures = [sampler.sample(prompt, 1, params) for prompt in inputs]
-    batched = [future.result() for future in futures]
-    batched_s = time.perf_counter() - started
-    assert [r.sequences[0].tokens for r in batched] == [r.sequences[0].tokens for r in one_by_one], "batching must not change greedy tokens"
+    sequential_s, batched_s = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        one_by_one = [sampler.sample(prompt, 1, params).result() for prompt in inputs]
+        sequential_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        futures = [sampler.sample(prompt, 1, params) for prompt in inputs]
+        batched = [future.result() for future in futures]
+        batched_s.append(time.perf_counter() - started)
+        assert [r.sequences[0].tokens for r in batched] == [r.sequences[0].tokens for r in one_by_one], "batching must not change greedy tokens"
     total = prompts * new_tokens
-    return {"one_at_a_time_tok_s": total / sequential_s, "concurrent_16_tok_s": total / batched_s, "speedup": sequential_s / batched_s}
+    return {"one_at_a_time_tok_s": total / statistics.median(sequential_s), "concurrent_16_tok_s": total / statistics.median(batched_s),
+            "speedup": statistics.median(s / b for s, b in zip(sequential_s, batched_s))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (plain, local)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds, each timing both loops (ABBA order)")
+    parser.add_argument("--gen-rounds", type=int, default=5, help="generation rounds (one at a time, then 16 concurrent)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, the same for both loops")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer(DEMO_TOKENIZER, CACHE_ROOT)
+    rows = demo_rows(tokenizer, BATCH)
     with tempfile.TemporaryDirectory() as tmp:
-        base_dir = default_tiny_model(Path(tmp) / "tiny")
+        base_dir = default_tiny_model(Path(tmp) / "tiny", tokenizer)
         service = LocalServiceClient(Path(tmp) / "local_tinker")
-        training = bench_training(service, base_dir, args.steps, args.rounds)
-        generation = bench_generation(service, base_dir)
-    print(f"torch threads: {torch.get_num_threads()}")
-    print(f"training step, batch {BATCH} x ~{training['tokens_per_step'] // BATCH} tokens, LoRA r{RANK} attn+mlp:")
-    print(f"  plain PEFT loop   {training['plain_s_per_step'] * 1000:.1f} ms/step")
-    print(f"  local client      {training['local_s_per_step'] * 1000:.1f} ms/step")
-    print(f"  ratio local/plain {training['ratio_median']:.3f} (rounds: {', '.join(f'{r:.3f}' for r in training['ratios'])})")
-    print("greedy generation, 16 prompts x 64 new tokens:")
+        training = bench_training(service, base_dir, rows, args.steps, args.rounds)
+        generation = bench_generation(service, base_dir, len(tokenizer), args.gen_rounds)
+    print(f"torch threads: {torch.get_num_threads()}, vocab {len(tokenizer)}")
+    print(f"training step, batch {BATCH} x ~{training['tokens_per_step'] // BATCH} tokens, LoRA r{RANK} attn+mlp, {args.rounds} rounds x {args.steps} steps:")
+    print(f"  plain PEFT loop   {training['plain_s_per_step'] * 1000:.1f} ms/step (median)")
+    print(f"  local client      {training['local_s_per_step'] * 1000:.1f} ms/step (median)")
+    ratios = sorted(training["ratios"])
+    print(f"  ratio local/plain {training['ratio_median']:.3f} median of per-round ratios (quartiles {ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f}, "
+          f"min {ratios[0]:.3f}, max {ratios[-1]:.3f})")
+    print(f"greedy generation, 16 prompts x 64 new tokens, median of {args.gen_rounds} rounds:")
     print(f"  one at a time     {generation['one_at_a_time_tok_s']:.0f} tok/s")
     print(f"  16 concurrent     {generation['concurrent_16_tok_s']:.0f} tok/s ({generation['speedup']:.1f}x)")
 

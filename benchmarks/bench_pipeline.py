@@ -32,7 +32,8 @@ from loraexp.contracts import load_contract
 from loraexp.datums import datum_from_row
 from loraexp.faults import ServiceTiming, SimulatedService
 from loraexp.local_tinker import LocalServiceClient
-from loraexp.training import METRICS, LoopState, TrainingLoop, make_plan
+from loraexp.training import METRICS, LoopState, TrainingLoop
+from loraexp.schedule import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tiny_qwen3 import fixture_rows, make_tiny_qwen3  # noqa: E402

@@ -25,7 +25,8 @@ from loraexp.contracts import Contract, load_contract
 from loraexp.datums import datum_from_row
 from loraexp.local_tinker import LocalServiceClient
 from loraexp.stages.eval import _sample, generate_all, sampling_client_for
-from loraexp.training import CHECKPOINTS, METRICS, make_plan, resolve, train_with_resume, validation_nll
+from loraexp.training import CHECKPOINTS, METRICS, resolve, train_with_resume, validation_nll
+from loraexp.schedule import make_plan
 from tinker_stub import TinkerStub, pin_reason
 from tiny_qwen3 import EOS_ID, fixture_rows, make_tiny_qwen3
 

@@ -16,7 +16,8 @@ from loraexp.errors import UserError
 from loraexp.faults import FaultyClient
 from loraexp.local_tinker import LocalRestClient, LocalServiceClient
 from loraexp.stages import export
-from loraexp.training import make_plan, select_checkpoint, train_with_resume
+from loraexp.training import select_checkpoint, train_with_resume
+from loraexp.schedule import make_plan
 from tiny_qwen3 import fixture_rows, make_tiny_qwen3
 
 VOLATILE = {"seconds", "state_path", "expires_at"}

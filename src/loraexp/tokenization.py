@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from loraexp.errors import UserError
 

@@ -17,10 +17,8 @@ import tinker
 
 from loraexp.artifacts import IfExists, Run, is_finished, open_run, read_json, write_json_atomic
 from loraexp.contracts import Contract, LoraCondition, RequestShape
-from loraexp.training import (
-    CHECKPOINTS, METRICS, LoopPlan, LoopState, TrainingLoop, load_datums, make_plan, new_training_client, restart_on_in_flight_failure,
-    train_with_resume,
-)
+from loraexp.training import CHECKPOINTS, METRICS, LoopState, TrainingLoop, load_datums, new_training_client, restart_on_in_flight_failure, train_with_resume
+from loraexp.schedule import LoopPlan, make_plan
 
 log = logging.getLogger(__name__)
 REQUEST_SHAPES: tuple[RequestShape, ...] = ("single_datum_calls", "batched_datums", "batched_datums_pipelined")

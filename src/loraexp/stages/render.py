@@ -156,7 +156,7 @@ def benchmark_prompt_tokens(contract: Contract, tokenizer: Any) -> list[int] | N
 
 def estimate_budget(contract: Contract, rendered: dict[str, list[dict]], bench_prompt_tokens: list[int] | None) -> dict:
     """Tokens and USD for training (per epoch, run, sweep), validation, lr-select and evaluation at contract prices."""
-    from loraexp.training import cadence_steps, steps_per_epoch
+    from loraexp.schedule import cadence_steps, steps_per_epoch
 
     prices, train, select = contract.prices, contract.train, contract.lr_select
     train_rows, val_rows = rendered["train"], rendered["val"]

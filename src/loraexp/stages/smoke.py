@@ -25,7 +25,7 @@ from loraexp.datums import mean_nll
 from loraexp.errors import UserError
 from loraexp.local_tinker.model import LORA_ALPHA, LORA_DROPOUT
 from loraexp.retry import call_with_retries
-from loraexp.training import await_or_raise, load_datums, new_training_client, resolve, restart_on_in_flight_failure, validation_nll
+from loraexp.training import await_or_raise, load_datums, resolve, restart_on_in_flight_failure, validation_nll
 
 log = logging.getLogger(__name__)
 

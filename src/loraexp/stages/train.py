@@ -15,7 +15,8 @@ from typing import Any
 from loraexp.artifacts import Run, read_json, write_json_atomic
 from loraexp.contracts import Contract, LoraCondition
 from loraexp.errors import UserError
-from loraexp.training import CHECKPOINTS, METRICS, load_datums, make_plan, select_checkpoint, train_with_resume
+from loraexp.training import CHECKPOINTS, METRICS, load_datums, select_checkpoint, train_with_resume
+from loraexp.schedule import make_plan
 
 log = logging.getLogger(__name__)
 

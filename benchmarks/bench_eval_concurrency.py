@@ -33,7 +33,8 @@ from loraexp.demo_model import DemoBaseRecipe, new_model
 from loraexp.faults import FaultyClient
 from loraexp.local_tinker import LocalServiceClient
 from loraexp.stages.eval import build_examples, generate_all, prediction_row
-from loraexp.tokenization import load_tokenizer, stop_token_id
+from loraexp.tokenization import load_tokenizer
+from loraexp.chat import stop_token_id
 
 CACHE_ROOT = Path("artifacts/cache")  # where `loraexp demo` keeps the demo base model and tokenizer
 

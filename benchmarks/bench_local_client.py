@@ -32,7 +32,8 @@ from loraexp.data.demo import clean_examples
 from loraexp.datums import datum_from_row
 from loraexp.demo_model import DemoBaseRecipe, new_model
 from loraexp.local_tinker import LocalServiceClient
-from loraexp.tokenization import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER, BatchRenderer, load_tokenizer
+from loraexp.tokenization import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER, load_tokenizer
+from loraexp.chat import BatchRenderer
 
 BATCH, RANK, LR = 8, 8, 1e-3
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -21,7 +21,8 @@ from loraexp.artifacts import open_run, read_jsonl, run_id_for, write_jsonl
 from loraexp.contracts import load_contract
 from loraexp.stages import render
 from loraexp.text import canonical_problem_sha
-from loraexp.tokenization import load_saved_tokenizer, load_tokenizer, render_example
+from loraexp.tokenization import load_saved_tokenizer, load_tokenizer
+from loraexp.chat import render_example
 
 REPO = Path(__file__).resolve().parents[1]
 

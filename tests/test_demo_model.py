@@ -12,7 +12,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraexp.demo_model import DemoBaseRecipe, ensure_demo_base, learning_rate, pretraining_rows
-from loraexp.tokenization import DEMO_TOKENIZER, load_tokenizer, stop_token_id
+from loraexp.tokenization import DEMO_TOKENIZER, load_tokenizer
+from loraexp.chat import stop_token_id
 
 FAST = replace(DemoBaseRecipe(), steps=3, examples=64, batch_size=4, warmup_steps=1)
 

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from loraexp.artifacts import read_jsonl
 from loraexp.cli import app
 from loraexp.contracts import load_contract
-from loraexp.tokenization import load_saved_tokenizer, render_example
+from loraexp.tokenization import load_saved_tokenizer
+from loraexp.chat import render_example
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_TOKENS = 90  # demo rows are ~70-115 tokens, so some are quarantined

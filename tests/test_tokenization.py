@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 
 from loraexp.errors import UserError
-from loraexp.tokenization import (
-    DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER, QWEN3_OFFLINE, QWEN3_PLAIN_ADDED_TOKENS, QWEN3_SPECIAL_TOKENS, BatchRenderer,
-    RenderMismatch, generation_prompt_tokens, load_saved_tokenizer, load_tokenizer, render_example, stop_token_id,
-)
+from loraexp.tokenization import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER, QWEN3_OFFLINE, QWEN3_PLAIN_ADDED_TOKENS, QWEN3_SPECIAL_TOKENS, load_saved_tokenizer, load_tokenizer
+from loraexp.chat import BatchRenderer, RenderMismatch, generation_prompt_tokens, render_example, stop_token_id
 
 SYSTEM_PROMPT = "You are a careful math solver. Solve the problem step by step. Put the final answer in \\boxed{}."
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -29,7 +29,8 @@ from typing import Sequence
 
 import orjson
 
-from loraexp.tokenization import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER, BatchRenderer, generation_prompt_tokens, load_tokenizer, stop_token_id
+from loraexp.tokenization import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER, load_tokenizer
+from loraexp.chat import BatchRenderer, generation_prompt_tokens, stop_token_id
 
 log = logging.getLogger(__name__)
 

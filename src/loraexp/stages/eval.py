@@ -21,7 +21,7 @@ from loraexp.artifacts import JsonlWriter, Run, read_jsonl, write_json_atomic
 from loraexp.contracts import Contract
 from loraexp.errors import UserError
 from loraexp.scoring import score_lenient, score_strict
-from loraexp.tokenization import generation_prompt_tokens, stop_token_id
+from loraexp.chat import generation_prompt_tokens, stop_token_id
 from loraexp.retry import SERVICE_ERRORS, MAX_ATTEMPTS, backoff_delay, call_with_retries, is_transient, permanent_error
 from loraexp.training import resolve
 

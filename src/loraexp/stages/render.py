@@ -25,7 +25,8 @@ import numpy as np
 from loraexp.artifacts import MANIFEST, Run, file_sha256, read_json, read_jsonl, write_json_atomic, write_jsonl, write_text_atomic
 from loraexp.contracts import Contract
 from loraexp.errors import UserError
-from loraexp.tokenization import BatchRenderer, RenderMismatch, generation_prompt_tokens, load_tokenizer
+from loraexp.tokenization import load_tokenizer
+from loraexp.chat import BatchRenderer, RenderMismatch, generation_prompt_tokens
 
 log = logging.getLogger(__name__)
 

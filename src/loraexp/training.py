@@ -114,10 +114,22 @@ def submit_checkpoint(client: Any, plan: LoopPlan, pending: PendingStep, val_dat
     pending.save = call_with_retries(lambda: client.save_state(f"step-{pending.step:06d}", ttl_seconds=plan.ttl_seconds), f"save_state {what}")
 
 
+def settle(*futures: Any) -> None:
+    """Wait until every future has finished, successfully or not. Before a failure is raised, the client's
+    queue must be idle: work still running on an abandoned client would overlap the replacement's, and two
+    torch workloads in one process change each other's float reduction order (no longer bit-exact)."""
+    for future in futures:
+        try:
+            resolve(future)
+        except BaseException:  # noqa: BLE001 - only waiting; the caller reads each result and raises
+            pass
+
+
 def validation_nll(client: Any, val_datums: Sequence[tinker.Datum], batch_size: int) -> tuple[float, float]:
     """Token-weighted validation NLL over answer tokens with batched, gradient-free `forward`; (mean NLL, weight sum)."""
     futures = [call_with_retries(lambda chunk=chunk: client.forward(list(chunk), "cross_entropy"), "forward (validation)")
                for chunk in _chunks(val_datums, batch_size)]
+    settle(*futures)
     return _weighted_nll(futures, _chunks(val_datums, batch_size))
 
 
@@ -162,6 +174,9 @@ class TrainingLoop:
                     self._finish(in_flight.popleft())
             while in_flight:
                 self._finish(in_flight.popleft())
+        except InFlightFailure:
+            settle(*(f for p in in_flight for f in (*p.forward_backward, p.optim, *p.validation, p.save)))
+            raise
         finally:
             self.bar.close()
             for writer in (self.metrics, self.checkpoints):
@@ -170,6 +185,7 @@ class TrainingLoop:
         return self.records
 
     def _finish(self, pending: PendingStep) -> None:
+        settle(*pending.forward_backward, pending.optim, *pending.validation, pending.save)
         outputs = [await_or_raise(output, f"forward_backward step {pending.step}") for output in pending.forward_backward]
         await_or_raise(pending.optim, f"optim_step step {pending.step}")
         if len(outputs) == len(pending.batch) and len(outputs) > 1:  # single_datum_calls

@@ -25,7 +25,7 @@ from loraexp.datums import mean_nll
 from loraexp.errors import UserError
 from loraexp.local_tinker.model import LORA_ALPHA, LORA_DROPOUT
 from loraexp.retry import call_with_retries
-from loraexp.training import await_or_raise, load_datums, resolve, restart_on_in_flight_failure, validation_nll
+from loraexp.training import await_or_raise, load_datums, resolve, restart_on_in_flight_failure, settle, validation_nll
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def smoke_once(contract: Contract, service: Any, rest: Any, condition: LoraCondi
         started = time.perf_counter()
         forward_backward = call_with_retries(lambda: client.forward_backward(list(train_batch), "cross_entropy"), f"forward_backward smoke step {step}")
         optim = call_with_retries(lambda: client.optim_step(adam), f"optim_step smoke step {step}")  # submitted before either is awaited, as the train loop does
+        settle(forward_backward, optim)
         nll_sum, loss_tokens = mean_nll(await_or_raise(forward_backward, f"forward_backward smoke step {step}"), train_batch)
         await_or_raise(optim, f"optim_step smoke step {step}")
         train_nll.append(nll_sum / loss_tokens)

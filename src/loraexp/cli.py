@@ -114,15 +114,21 @@ def load(config: Path) -> Contract:
     return load_contract(config)
 
 
-def start_run(contract: Contract, stage: str, run_id: str, if_exists: str, override: bool):
-    """Open a stage's run dir; None when it already finished under this contract with unchanged inputs."""
-    from loraexp.artifacts import open_run
+def start_run(contract: Contract, stage: str, run_id: str, if_exists: str, override: bool, inputs: tuple[Path, ...] = ()):
+    """Open a stage's run dir; None when it already finished under this contract, on these input runs, with
+    unchanged inputs. A finished run made from other input runs (another --data-run, say) is redone."""
+    from loraexp.artifacts import MANIFEST, open_run, read_json
 
     run = open_run(contract, stage, run_id, check_if_exists(if_exists), override)
-    if run.finished:
-        log.info("%s: %s already finished with unchanged inputs (pass --if-exists overwrite to redo it)", stage, run_id)
-        return None
-    return run
+    if not run.finished:
+        return run
+    recorded = read_json(run.path(MANIFEST)).get("inputs") or {}
+    other = [path.name for path in inputs if path.name not in recorded]
+    if other:
+        log.info("%s: %s finished on other input runs; redoing it on %s", stage, run_id, ", ".join(other))
+        return open_run(contract, stage, run_id, "overwrite", override)
+    log.info("%s: %s already finished with unchanged inputs (pass --if-exists overwrite to redo it)", stage, run_id)
+    return None
 
 
 @app.command()
@@ -148,17 +154,6 @@ def _selected(contract: Contract, condition: Optional[str], seed: Optional[int])
     conditions = [contract.condition(condition)] if condition else list(contract.lora.conditions)
     seeds = [seed] if seed is not None else list(contract.train.seeds)
     return [(c, s) for c in conditions for s in seeds]
-
-
-def _open_data_check(contract: Contract, stage: str, run_id: str, data_dir: Path, if_exists: str, override: bool):
-    """Open an audit/contamination run; None when it already finished on this very data run, inputs unchanged."""
-    from loraexp.artifacts import MANIFEST, open_run, read_json
-
-    run = open_run(contract, stage, run_id, check_if_exists(if_exists), override)
-    if run.finished and data_dir.name in (read_json(run.path(MANIFEST)).get("inputs") or {}):
-        log.info("%s: %s already finished on %s with unchanged inputs (pass --if-exists overwrite to redo it)", stage, run_id, data_dir.name)
-        return None
-    return run
 
 
 @app.command("build-data")
@@ -190,7 +185,7 @@ def audit(config: ConfigOpt, run_id: RunIdOpt = None, data_run: DataRunOpt = Non
 
     contract = load(config)
     data_dir = _finished(contract, "build-data", data_run, override)
-    run = _open_data_check(contract, "audit", run_id or run_id_for(contract, "audit"), data_dir, if_exists, override)
+    run = start_run(contract, "audit", run_id or run_id_for(contract, "audit"), if_exists, override, (data_dir,))
     if run:
         figure = stage.run(contract, run, data_dir)["key_figure"]
         typer.echo(f"{run.run_id}: {figure['flagged']} of {figure['rows']} rows flagged; review {run.dir / 'review_suspicious.md'} and {run.dir / 'review_random.md'}")
@@ -206,7 +201,7 @@ def contamination(config: ConfigOpt, run_id: RunIdOpt = None, data_run: DataRunO
 
     contract = load(config)
     data_dir = _finished(contract, "build-data", data_run, override)
-    run = _open_data_check(contract, "contamination", run_id or run_id_for(contract, "contamination"), data_dir, if_exists, override)
+    run = start_run(contract, "contamination", run_id or run_id_for(contract, "contamination"), if_exists, override, (data_dir,))
     if run:
         stage.run(contract, run, data_dir, load_benchmark(contract))
     report = stage.require_contamination_pass(contract, data_dir.name)
@@ -229,7 +224,7 @@ def render(config: ConfigOpt, run_id: RunIdOpt = None, data_run: DataRunOpt = No
     if push_to_hub:
         stage.require_hf_token()  # before any work, so a missing token costs nothing
     data_dir = _finished(contract, "build-data", data_run, override)
-    run = start_run(contract, "render", run_id or run_id_for(contract, "render"), if_exists, override)
+    run = start_run(contract, "render", run_id or run_id_for(contract, "render"), if_exists, override, (data_dir,))
     if run:
         manifest = stage.run(contract, run, data_dir, push_to_hub)
         figure = manifest["key_figure"]
@@ -247,7 +242,7 @@ def smoke(config: ConfigOpt, run_id: RunIdOpt = None, render_run: RenderRunOpt =
 
     contract = load(config)
     render_dir = _finished(contract, "render", render_run, override)
-    run = start_run(contract, "smoke", run_id or run_id_for(contract, "smoke"), if_exists, override)
+    run = start_run(contract, "smoke", run_id or run_id_for(contract, "smoke"), if_exists, override, (render_dir,))
     if run:
         service = connect(contract)
         report = stage.run(contract, service, rest_client(service), run, render_dir)
@@ -266,7 +261,7 @@ def lr_select(config: ConfigOpt, run_id: RunIdOpt = None, render_run: RenderRunO
 
     contract = load(config)
     render_dir = _finished(contract, "render", render_run, override)
-    run = start_run(contract, "lr-select", run_id or run_id_for(contract, "lr-select"), if_exists, override)
+    run = start_run(contract, "lr-select", run_id or run_id_for(contract, "lr-select"), if_exists, override, (render_dir,))
     if run:
         selection = stage.run(contract, connect(contract), run, render_dir, check_if_exists(if_exists))
         for name, choice in selection["conditions"].items():
@@ -290,7 +285,8 @@ def train(config: ConfigOpt, condition: ConditionOpt = None, seed: SeedOpt = Non
     lr_dir = None if contract.train.learning_rate is not None else _finished(contract, "lr-select", lr_select_run, override)
     service = None
     for lora_condition, lora_seed in _selected(contract, condition, seed):
-        run = start_run(contract, "train", run_id_for(contract, "train", lora_condition.name, f"seed{lora_seed}"), if_exists, override)
+        run = start_run(contract, "train", run_id_for(contract, "train", lora_condition.name, f"seed{lora_seed}"), if_exists, override,
+                        (render_dir,) + ((lr_dir,) if lr_dir else ()))
         if run:
             service = service or connect(contract)
             summary = stage.run(contract, service, run, render_dir, lora_condition, lora_seed, lr_dir)
@@ -307,7 +303,7 @@ def export(config: ConfigOpt, run_id: RunIdOpt = None, push_to_hub: PushOpt = No
 
     contract = load(config)
     train_dirs = [_finished(contract, "train", None, override, c.name, f"seed{s}") for c, s in _selected(contract, None, None)]
-    run = start_run(contract, "export", run_id or run_id_for(contract, "export"), if_exists, override)
+    run = start_run(contract, "export", run_id or run_id_for(contract, "export"), if_exists, override, tuple(train_dirs))
     if run:
         service = connect(contract)
         result = stage.run(contract, service, rest_client(service), run, train_dirs, push_to_hub)
@@ -345,7 +341,7 @@ def evaluate(config: ConfigOpt, condition: ConditionOpt = None, seed: SeedOpt = 
     tokenizer, benchmark, service = stage.load_render_tokenizer(render_dir), load_benchmark(contract), None
     for model in models:
         parts = ["baseline"] if model["seed"] is None else [model["condition"], f"seed{model['seed']}"]
-        run = start_run(contract, "eval", run_id_for(contract, "eval", *parts) + (f"-probe{limit}" if limit else ""), if_exists, override)
+        run = start_run(contract, "eval", run_id_for(contract, "eval", *parts) + (f"-probe{limit}" if limit else ""), if_exists, override, (render_dir,))
         if run:
             service = service or connect(contract)
             run.add_input(render_dir, ["tokenizer/tokenizer.json"])

@@ -31,6 +31,7 @@ import orjson
 
 from loraexp.tokenization import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER, load_tokenizer
 from loraexp.chat import BatchRenderer, generation_prompt_tokens, stop_token_id
+from loraexp.numerics import warm_up_vector_math
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def pretrain(recipe: DemoBaseRecipe, tokenizer, progress: bool = True):
     import torch
     from tqdm import tqdm
 
+    warm_up_vector_math()
     rows = pretraining_rows(recipe, tokenizer)
     model = new_model(recipe, tokenizer)
     model.train()
@@ -189,6 +191,7 @@ def greedy_accuracy(model_dir: Path, questions: Sequence[str], references: Seque
 
     from loraexp.answers import last_boxed, strict_equal
 
+    warm_up_vector_math()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     pad_id, correct = tokenizer.pad_token_id, 0

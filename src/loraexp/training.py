@@ -116,8 +116,8 @@ def submit_checkpoint(client: Any, plan: LoopPlan, pending: PendingStep, val_dat
 
 def settle(*futures: Any) -> None:
     """Wait until every future has finished, successfully or not. Before a failure is raised, the client's
-    queue must be idle: work still running on an abandoned client would overlap the replacement's, and two
-    torch workloads in one process change each other's float reduction order (no longer bit-exact)."""
+    queue must be idle: work still queued on an abandoned client would run beside its replacement's, on the
+    same cores (local client) or the same quota (service), for results nobody reads."""
     for future in futures:
         try:
             resolve(future)

@@ -27,6 +27,7 @@ from loraexp.local_tinker.errors import bad_request, completed_future
 from loraexp.local_tinker.sampling import LocalSamplingClient
 from loraexp.local_tinker.store import METADATA, CheckpointStore, Clock, utc_now
 from loraexp.local_tinker.training import LocalTrainingClient
+from loraexp.numerics import warm_up_vector_math
 
 EXTERNAL_URL_SECONDS = 3600  # how long get_external_weights_urls' links are declared valid
 
@@ -35,6 +36,7 @@ class LocalServiceClient:
     """The in-process service: training runs and checkpoints under `root`, base models cached under `cache_root`."""
 
     def __init__(self, root: Path | str, cache_root: Path | str | None = None, clock: Clock = utc_now, device: torch.device | None = None):
+        warm_up_vector_math()  # before any worker thread runs the model (see loraexp.numerics)
         self.root = Path(root)
         self.cache_root = Path(cache_root) if cache_root is not None else self.root / "cache"
         self.store = CheckpointStore(self.root, clock)

@@ -2,7 +2,7 @@
 and compare with an uninterrupted run (selected checkpoints, metrics, predictions, accuracies, no
 duplicated or torn rows, manifests only for finished runs). Any difference raises.
 
-    python benchmarks/crash_sweep.py --points 6 --seed 1          (about 10-15 min on 2 cores)
+    python benchmarks/crash_sweep.py --points 10 --seed 2         (about 4-5 min on 2 cores)
 
 The same check, 2 points per stage, runs in CI: tests/test_crash_resume.py.
 """
@@ -17,7 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from crashkit import EVAL, TRAIN, crash_and_resume, eval_outcome, kill_points, make_workdir, run_to_end, train_outcome  # noqa: E402
+from crashkit import (EVAL, STAGE, TRAIN, DOWNSTREAM, clone_without, crash_and_resume, eval_outcome, kill_points,  # noqa: E402
+                      make_workdir, run_to_end, train_outcome)
+
+
+def time_stage(reference: Path, target: Path, prefix: str) -> float:
+    """Seconds an uninterrupted `loraexp <stage>` process takes here, so a delay kill point lands inside it."""
+    clone_without(reference, target, DOWNSTREAM[prefix])
+    started = time.perf_counter()
+    run_to_end(target, STAGE[prefix], "--config", "demo.toml")
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -38,8 +47,10 @@ def main() -> None:
         print(f"reference run: {time.perf_counter() - started:.0f} s", flush=True)
         rows = {TRAIN: sum(len(r["metrics"]) for r in train_outcome(reference).values()),
                 EVAL: sum(len(r["predictions"]) for r in eval_outcome(reference).values())}
-        for prefix, stage_seconds in ((TRAIN, 30.0), (EVAL, 12.0)):
-            for number, point in enumerate(kill_points(prefix, rows[prefix], args.points, args.seed, stage_seconds)):
+        for prefix in (TRAIN, EVAL):
+            stage_seconds = time_stage(reference, root / f"{prefix}timed", prefix)
+            print(f"{STAGE[prefix]} uninterrupted: {stage_seconds:.1f} s (delay kill points fall in [1 s, 0.9 x that])", flush=True)
+            for number, point in enumerate(kill_points(prefix, rows[prefix], args.points, args.seed, 0.9 * stage_seconds)):
                 outcome = crash_and_resume(reference, root / f"{prefix}{number}", prefix, point)
                 print(f"{outcome['stage']:5s} kill {point}: killed={outcome['killed']} rows at kill {outcome['rows_at_kill']}/{rows[prefix]} "
                       f"at {outcome['seconds']:.1f} s -> rerun identical to the uninterrupted run", flush=True)

@@ -3,8 +3,8 @@
 The oneMKL 2024.2 inside the PyTorch CPU wheels resolves each vector-math (VML) function's kernel on
 its first call, and concurrent first calls from the intra-op threads can run one thread's chunk on a
 low-accuracy kernel (pytorch/pytorch#188792). The result is a process whose first forward pass (RoPE's
-cos/sin, exp, log, ...) differs from every other process's in the 7th digit, once in a few dozen
-processes: enough to break "a resumed run equals the uninterrupted one". Calling every such function
+cos/sin, exp, log, ...) differs from every other process's in the 7th digit (1 of ~180 standalone
+processes here, more often in a loaded test suite): enough to break "a resumed run equals the uninterrupted one". Calling every such function
 once on a one-element tensor, which never goes parallel, resolves the dispatch before any concurrent use.
 """
 

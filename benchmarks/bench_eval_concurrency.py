@@ -25,7 +25,7 @@ from pathlib import Path
 import tinker
 import torch
 
-from loraexp.artifacts import JsonlWriter, read_jsonl
+from loraexp.files import JsonlWriter, read_jsonl
 from loraexp.contracts import load_contract
 from loraexp.data.demo import generate_benchmark_rows
 from loraexp.data.sources import _benchmark_rows

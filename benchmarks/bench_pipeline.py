@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from loraexp.artifacts import read_jsonl
+from loraexp.files import read_jsonl
 from loraexp.contracts import load_contract
 from loraexp.datums import datum_from_row
 from loraexp.faults import ServiceTiming, SimulatedService

@@ -17,7 +17,8 @@ import re
 import time
 from pathlib import Path
 
-from loraexp.artifacts import open_run, read_jsonl, run_id_for, write_jsonl
+from loraexp.artifacts import open_run, run_id_for
+from loraexp.files import read_jsonl, write_jsonl
 from loraexp.contracts import load_contract
 from loraexp.stages import render
 from loraexp.text import canonical_problem_sha

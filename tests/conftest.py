@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def small_base(tmp_path_factory) -> Path:
     """A tiny Qwen3 on the demo tokenizer, pretrained for a handful of steps: a real base model in ~2 s."""
-    from loraexp.demo_model import DemoBaseRecipe, ensure_demo_base
+    from loraexp.demo.base_model import DemoBaseRecipe, ensure_demo_base
 
     recipe = DemoBaseRecipe(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128, examples=256, steps=4, batch_size=16, warmup_steps=1)
     return ensure_demo_base(tmp_path_factory.mktemp("cache"), recipe)

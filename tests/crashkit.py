@@ -42,15 +42,16 @@ def results(workdir: Path) -> Path:
     return workdir / "artifacts" / "results"
 
 
-def loraexp(workdir: Path, *args: str, log: Path | None = None, env: dict | None = None) -> subprocess.Popen:
-    """Start `python -m loraexp.cli ...` in `workdir` (its own process group, so kill -9 takes all of it)."""
+def loraexp(workdir: Path, *args: str, log: Path | None = None, env: dict | None = None, module: str = "loraexp.cli") -> subprocess.Popen:
+    """Start `python -m loraexp.cli ...` in `workdir` (its own process group, so kill -9 takes all of it); `module`
+    "loraexp.testing.cli" is the same CLI with the service faults of LORAEXP_FAULT_* injected."""
     out = (log or workdir / "loraexp.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "loraexp.cli", *args], cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})}, start_new_session=True)
 
 
-def run_to_end(workdir: Path, *args: str, env: dict | None = None, timeout: float = 600) -> None:
-    proc = loraexp(workdir, *args, env=env)
+def run_to_end(workdir: Path, *args: str, env: dict | None = None, timeout: float = 600, module: str = "loraexp.cli") -> None:
+    proc = loraexp(workdir, *args, env=env, module=module)
     assert proc.wait(timeout) == 0, f"`loraexp {' '.join(args)}` exited {proc.returncode}; see {workdir / 'loraexp.log'}"
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import orjson
 from typer.testing import CliRunner
 
-from loraexp.answers import gsm8k_reference
+from loraexp.scoring.answers import gsm8k_reference
 from loraexp.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared/data next to the checkout (real public GSM8K, MATH and OpenMathInstruct-2 rows)
-SHARED_DATA = REPO.parent / "shared" / "data"
+# small cuts of real public GSM8K, MATH and OpenMathInstruct-2 rows (provenance and licenses in fixtures/README.md)
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def toml_value(value: object) -> str:
@@ -55,12 +55,13 @@ def make_config(tmp_path: Path, data: dict | None = None, benchmark: dict | None
     return path
 
 
-def cli(*args: str | Path, expect: int = 0):
-    """Run the real `loraexp` CLI in-process; assert the exit code; return the result."""
+def cli(*args: str | Path, expect: int = 0, obj: object = None):
+    """Run the real `loraexp` CLI in-process; assert the exit code; return the result. `obj` is the app's
+    CliContext (e.g. a `connect` that hands every stage a test's own service)."""
     # the CLI's logging.basicConfig binds the stderr of the first invocation; let each one bind its own
     for handler in logging.getLogger().handlers[:]:
         logging.getLogger().removeHandler(handler)
-    result = CliRunner().invoke(app, [str(arg) for arg in args])
+    result = CliRunner().invoke(app, [str(arg) for arg in args], obj=obj)
     assert result.exit_code == expect, f"exit {result.exit_code} != {expect}\n{result.output}\n{result.exception!r}"
     return result
 

@@ -7,7 +7,7 @@ from collections import Counter
 import orjson
 
 from datakit import cli, error_line, make_config, omi, read_rows, results, write_rows
-from loraexp.data.demo import PLANT_EVERY, PLANTED_KINDS
+from loraexp.demo.data import PLANT_EVERY, PLANTED_KINDS
 
 # (row, flags the audit must raise); row i gets row id "rows:i"
 ROWS = [

@@ -20,7 +20,7 @@ reason; never a traceback, never a silent drop. Which test covers each kind:
 17 full disk while writing         test_disk_full_is_one_line_and_the_rerun_resumes
 18 interrupted manifest write      test_torn_or_missing_manifest_means_unfinished_and_reruns
 19 missing TINKER_API_KEY          test_smoke.py::test_tinker_backend_needs_a_key_before_anything_starts (and a non-tml key: test_connect_hands_...)
-20 unknown base model              test_local_tinker.py::test_unknown_base_model_is_one_user_error; through the CLI: test_unknown_base_model_through_smoke
+20 unknown base model              test_local_tinker.py::test_unknown_base_model_is_the_services_not_found; through the CLI: test_unknown_base_model_through_smoke
 21 benchmark without ####          test_contamination.py::test_no_check_or_bad_benchmark_is_one_line
 22 empty dataset after the gate    test_build_data.py::test_empty_dataset_names_the_gate_that_removed_everything
 23 --if-exists with a bad value    test_bad_flag_values[if-exists]
@@ -31,7 +31,7 @@ reason; never a traceback, never a silent drop. Which test covers each kind:
 28 missing / unsupported source    test_build_data.py::test_missing_or_unsupported_source_is_one_line
 29 corrupt row in an artifact      test_corrupt_rendered_row_is_one_line
 30 permanent service failure       test_flaky_and_secrets.py::test_permanent_failure_stops_the_stage_at_once (bad request, auth)
-31 LORAEXP_FAULT_RATE not a number test_bad_flag_values[fault-rate]
+31 LORAEXP_FAULT_RATE not a number test_bad_flag_values[fault-rate] (the testing CLI's fault injection)
 32 long row beyond max_tokens      test_render.py::test_long_rows_quarantined_not_truncated
 """
 
@@ -45,7 +45,9 @@ import pytest
 
 from crashkit import eval_outcome, results
 from datakit import cli, error_line, set_key
-from loraexp import artifacts
+from loraexp import artifacts, files
+from loraexp.cli import CliContext
+from loraexp.testing.cli import connect_with_faults
 
 
 @pytest.fixture
@@ -92,7 +94,8 @@ def test_config_errors_are_one_line(reference_run, tmp_path, edit, message):
 def test_bad_flag_values(finished, monkeypatch, args, env, message):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert message in error_line(cli(*args, "--config", "demo.toml", expect=2))
+    faulty = CliContext(connect=connect_with_faults)  # the testing CLI (python -m loraexp.testing.cli) reads LORAEXP_FAULT_*
+    assert message in error_line(cli(*args, "--config", "demo.toml", expect=2, obj=faulty))
     assert not list(results(finished).glob("*-probe*")), "a refused --limit still opened a run dir"
 
 
@@ -150,7 +153,7 @@ def test_input_run_under_another_contract_needs_override(finished):
 
 def test_disk_full_is_one_line_and_the_rerun_resumes(finished, reference_run, monkeypatch):
     shutil.rmtree(results(finished) / "demo-eval-baseline")
-    real_write, written = artifacts.JsonlWriter.write, []
+    real_write, written = files.JsonlWriter.write, []
 
     def write_until_full(self, row):
         if len(written) == 5:
@@ -158,11 +161,11 @@ def test_disk_full_is_one_line_and_the_rerun_resumes(finished, reference_run, mo
         written.append(row["example_id"])
         real_write(self, row)
 
-    monkeypatch.setattr(artifacts.JsonlWriter, "write", write_until_full)
+    monkeypatch.setattr(files.JsonlWriter, "write", write_until_full)
     line = error_line(cli("eval", "--config", "demo.toml", "--baseline-only", expect=2))
     assert "disk full while writing" in line and "predictions.jsonl" in line and "rerun the same command (it resumes)" in line
     assert not (results(finished) / "demo-eval-baseline" / "manifest.json").exists()
-    monkeypatch.setattr(artifacts.JsonlWriter, "write", real_write)
+    monkeypatch.setattr(files.JsonlWriter, "write", real_write)
     result = cli("eval", "--config", "demo.toml", "--baseline-only")
     assert "resuming, 5 of 24 examples already scored" in result.output
     assert eval_outcome(finished)["demo-eval-baseline"] == eval_outcome(reference_run)["demo-eval-baseline"]

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from datakit import cli, error_line, make_config, omi, read_rows, results, write_rows
-from loraexp.artifacts import file_sha256
-from loraexp.data.demo import PLANTED_KINDS, generate_omi2_rows
-from loraexp.text import canonical_problem
+from loraexp.files import file_sha256
+from loraexp.demo.data import PLANTED_KINDS, generate_omi2_rows
+from loraexp.data.text import canonical_problem
 
 OUTPUT_KEYS = ["row_id", "problem_source", "problem", "generated_solution", "expected_answer", "canonical_problem_sha"]
 GATE_REASONS = {"boxed_mismatch", "no_boxed", "suspicious_phrase", "prompt_debris", "missing_field", "empty_field", "non_string_field", "exact_duplicate"}
@@ -225,6 +225,16 @@ def test_hf_dataset_path_selects_problem_source_first(tmp_path, monkeypatch):
     assert [(r["row_id"], r["reason"], r["detail"]) for r in read_rows(run_dir / "rejects.jsonl")] == [("omi_hf-train:2", "missing_field", "problem")]
     kept = read_rows(run_dir / "train.jsonl") + read_rows(run_dir / "val.jsonl")
     assert len(kept) == 29 and {row["row_id"] for row in kept} == {f"omi_hf-train:{2 * i}" for i in range(30)} - {"omi_hf-train:2"}
+
+    # the dataset's resolved fingerprint is recorded: unchanged files reuse the build, a new revision rebuilds it
+    fingerprint = orjson.loads((run_dir / "manifest.json").read_bytes())["source_fingerprint"]
+    assert fingerprint["fingerprint"] and fingerprint["revision_dir"]
+    finished = orjson.loads((run_dir / "manifest.json").read_bytes())["finished_at"]
+    assert "already finished" in cli("build-data", "-c", config).output
+    pq.write_table(pa.Table.from_pylist(rows + [good(200, "gsm8k")]), tmp_path / "omi_hf" / "data" / "train-00000-of-00001.parquet")
+    assert "redoing demo-build-data: source_fingerprint changed" in cli("build-data", "-c", config).output
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert manifest["source_fingerprint"] != fingerprint and manifest["key_figure"]["rows_in"] == 31 and manifest["finished_at"] >= finished
 
     (tmp_path / "empty_hf").mkdir()
     result = cli("build-data", "-c", make_config(tmp_path, data={"source": str(tmp_path / "empty_hf")}), "--if-exists", "overwrite", expect=2)

@@ -1,7 +1,7 @@
 """contamination through the real CLI: planted GSM8K test questions fail (and block train), clean data passes.
 
-Real data: GSM8K train as `gsm8k` rows, MATH train as `math` rows and the 100 real OpenMathInstruct-2
-rows, checked against the real GSM8K test split (shared/data next to the checkout).
+Real data (tests/fixtures): GSM8K train as `gsm8k` rows, MATH train as `math` rows and real
+OpenMathInstruct-2 rows, checked against real GSM8K test questions.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from datakit import SHARED_DATA, cli, error_line, gsm8k_as_omi, make_config, math_as_omi, omi, read_rows, results, write_rows
+from datakit import FIXTURES, cli, error_line, gsm8k_as_omi, make_config, math_as_omi, omi, read_rows, results, write_rows
 from loraexp.contracts import load_contract
-from loraexp.data.demo import clean_examples, generate_benchmark_rows, generate_omi2_rows
+from loraexp.demo.data import clean_examples, generate_benchmark_rows, generate_omi2_rows
 from loraexp.errors import UserError
 from loraexp.stages.contamination import require_contamination_pass
-from loraexp.text import canonical_for_contamination, canonical_problem
+from loraexp.data.text import canonical_for_contamination, canonical_problem
 
-GSM8K_TEST = SHARED_DATA / "gsm8k" / "test.jsonl"
+GSM8K_TEST = FIXTURES / "gsm8k_test.jsonl"
 
 
 def jsonl(path):
@@ -30,7 +30,7 @@ def gsm8k_test():
 
 @pytest.fixture(scope="module")
 def gsm8k_train_rows():
-    return [gsm8k_as_omi(row) for row in jsonl(SHARED_DATA / "gsm8k" / "train.jsonl")]
+    return [gsm8k_as_omi(row) for row in jsonl(FIXTURES / "gsm8k_train.jsonl")]
 
 
 def fullwidth(text: str) -> str:
@@ -55,8 +55,8 @@ def test_canonical_forms():
 
 
 def test_real_data_builds_audits_and_passes(tmp_path, gsm8k_train_rows):
-    math_rows = [math_as_omi(row) for row in jsonl(SHARED_DATA / "math" / "train.jsonl")]
-    omi2_rows = jsonl(SHARED_DATA / "openmath" / "omi2_sample.jsonl")
+    math_rows = [math_as_omi(row) for row in jsonl(FIXTURES / "math_train.jsonl")]
+    omi2_rows = jsonl(FIXTURES / "omi2_sample.jsonl")
     write_rows(tmp_path / "real.jsonl", gsm8k_train_rows + math_rows + omi2_rows)
     config = make_config(tmp_path, data={"source": str(tmp_path / "real.jsonl")}, benchmark={"source": str(GSM8K_TEST)})
     cli("build-data", "-c", config)
@@ -64,18 +64,18 @@ def test_real_data_builds_audits_and_passes(tmp_path, gsm8k_train_rows):
     cli("contamination", "-c", config)
 
     manifest = orjson.loads((results(tmp_path) / "demo-build-data" / "manifest.json").read_bytes())
-    assert manifest["key_figure"]["rows_in"] == 7473 + 12000 + 1  # omi2_sample has 1 gsm8k row, 0 math rows
+    assert manifest["key_figure"]["rows_in"] == 300 + 57 + 1  # the omi2 fixture has 1 gsm8k row, 0 math rows
     rejects = read_rows(results(tmp_path) / "demo-build-data" / "rejects.jsonl")
     no_box = [r["raw"]["generated_solution"] for r in rejects if r["reason"] == "no_boxed"]
     assert len(no_box) == 2 and all("\\boxed " in solution for solution in no_box)  # `\boxed 2` and `\boxed 9`
-    assert manifest["key_figure"]["kept"] > 19_000
+    assert manifest["key_figure"]["kept"] >= 350
 
     audit = orjson.loads((results(tmp_path) / "demo-audit" / "audit_report.json").read_bytes())
-    assert audit["checks"]["several_boxes"]["count"] > 100  # README: 196 MATH train solutions have more than one box
+    assert audit["checks"]["several_boxes"]["count"] >= 29  # the fixture keeps 30 MATH solutions with more than one box
 
     report = orjson.loads((results(tmp_path) / "demo-contamination" / "report.json").read_bytes())
-    assert report["status"] == "pass" and report["exact_overlap"]["count"] == 0  # README check (a): 0 of 1,319
-    assert report["benchmark"]["questions"] == 1319 and report["rows_checked"] == 7474
+    assert report["status"] == "pass" and report["exact_overlap"]["count"] == 0  # shared/data README check (a): 0 of 1,319
+    assert report["benchmark"]["questions"] == 250 and report["rows_checked"] == 301
     assert all(pair["shared_ngrams"] >= 1 for pair in report["ngram_overlap"]["pairs"])
     assert require_contamination_pass(load_contract(config), "demo-build-data") == results(tmp_path) / "demo-contamination" / "report.json"
 
@@ -112,6 +112,7 @@ def test_planted_test_questions_fail_and_block_train_until_rejected(tmp_path, gs
 
     with pytest.raises(UserError, match="training is refused"):
         require_contamination_pass(load_contract(config), "demo-build-data")
+    cli("render", "-c", config)
     assert "contamination check failed" in error_line(cli("train", "-c", config, expect=2))
 
     # the fix the error names: reject the rows, rebuild, recheck
@@ -123,20 +124,33 @@ def test_planted_test_questions_fail_and_block_train_until_rejected(tmp_path, gs
     assert orjson.loads(report_path.read_bytes())["status"] == "pass"
 
 
-def test_train_val_overlap_fails(tmp_path, gsm8k_train_rows):
+def tampered_build(tmp_path, gsm8k_train_rows, leak) -> dict:
+    """A clean build whose val.jsonl then gets `leak(train)` appended; contamination reruns on the changed input."""
     write_rows(tmp_path / "rows.jsonl", gsm8k_train_rows[:200])
     config = make_config(tmp_path, data={"source": str(tmp_path / "rows.jsonl")}, benchmark={"source": str(GSM8K_TEST)})
     cli("build-data", "-c", config)
     cli("contamination", "-c", config)
     data_dir = results(tmp_path) / "demo-build-data"
     train, val = read_rows(data_dir / "train.jsonl"), read_rows(data_dir / "val.jsonl")
-    leaked = [train[0], {**train[1], "row_id": "other:1", "problem": train[1]["problem"].upper()}]
-    write_rows(data_dir / "val.jsonl", val + leaked)  # a tampered build: resume sees the changed input and reruns
+    write_rows(data_dir / "val.jsonl", val + leak(train))
     cli("contamination", "-c", config, expect=2)
     report = orjson.loads((results(tmp_path) / "demo-contamination" / "report.json").read_bytes())
     assert report["status"] == "fail" and report["exact_overlap"]["count"] == 0
-    assert report["train_val_overlap"]["row_ids"] == [train[0]["row_id"]]
-    assert {(pair["train_row_id"], pair["val_row_id"]) for pair in report["train_val_overlap"]["problems"]} == {(train[0]["row_id"], train[0]["row_id"]), (train[1]["row_id"], "other:1")}
+    return {"train": train, "report": report}
+
+
+def test_train_val_overlap_by_row_id_alone_fails(tmp_path, gsm8k_train_rows):
+    # the same row id on both sides, with another problem text: only the row-id branch can catch it
+    found = tampered_build(tmp_path, gsm8k_train_rows, lambda train: [{**train[0], "problem": "An unrelated question about 7 kites?"}])
+    assert found["report"]["train_val_overlap"]["row_ids"] == [found["train"][0]["row_id"]]
+    assert found["report"]["train_val_overlap"]["problems"] == []
+
+
+def test_train_val_overlap_by_problem_text_alone_fails(tmp_path, gsm8k_train_rows):
+    # a variant of a training problem under its own row id (what the reference experiment hit): only the problem branch catches it
+    found = tampered_build(tmp_path, gsm8k_train_rows, lambda train: [{**train[1], "row_id": "other:1", "problem": "  " + train[1]["problem"].upper()}])
+    assert found["report"]["train_val_overlap"]["row_ids"] == []
+    assert [(pair["train_row_id"], pair["val_row_id"]) for pair in found["report"]["train_val_overlap"]["problems"]] == [(found["train"][1]["row_id"], "other:1")]
 
 
 def test_demo_data_passes_and_the_demo_benchmark_is_disjoint(tmp_path):
@@ -163,3 +177,17 @@ def test_no_check_or_bad_benchmark_is_one_line(tmp_path):
     bad = make_config(tmp_path, data={"demo_rows": 300}, benchmark={"source": str(tmp_path / "bench.jsonl")}, name="bad.toml")
     cli("build-data", "-c", bad, "--if-exists", "overwrite")
     assert "row 1: answer has no '#### N' line" in error_line(cli("contamination", "-c", bad, expect=2))
+
+
+def test_train_gates_the_data_run_its_render_run_was_made_from(tmp_path):
+    """A passing check of the default data run does not clear rows rendered from another data run."""
+    config = make_config(tmp_path, data={"demo_rows": 400})
+    cli("build-data", "-c", config)
+    cli("contamination", "-c", config)  # the default data run passes
+    cli("build-data", "-c", config, "--run-id", "other-data")
+    cli("render", "-c", config, "--data-run", "other-data")
+    line = error_line(cli("train", "-c", config, expect=2))
+    assert "no finished contamination check of data run other-data" in line
+    cli("contamination", "-c", config, "--data-run", "other-data", "--run-id", "other-contamination")
+    line = error_line(cli("train", "-c", config, expect=2))  # the gate passes; what stops train now is the missing lr-select run
+    assert "contamination" not in line and "lr-select run demo-lr-select is missing" in line

@@ -11,9 +11,10 @@ import orjson
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from loraexp.demo_model import DemoBaseRecipe, ensure_demo_base, learning_rate, pretraining_rows
-from loraexp.tokenization import DEMO_TOKENIZER, load_tokenizer
 from loraexp.chat import stop_token_id
+from loraexp.demo.base_model import DemoBaseRecipe, ensure_demo_base, lr_schedule, pretraining_rows
+from loraexp.demo.tokenizer import DEMO_TOKENIZER
+from loraexp.tokenization import load_tokenizer
 
 FAST = replace(DemoBaseRecipe(), steps=3, examples=64, batch_size=4, warmup_steps=1)
 
@@ -66,6 +67,7 @@ def test_pretraining_rows_mask_the_prompt_and_mix_the_system_prompt(built):
 
 def test_learning_rate_warmup_then_cosine_to_floor():
     recipe = DemoBaseRecipe()
-    assert learning_rate(recipe, 1) == pytest.approx(recipe.peak_lr / recipe.warmup_steps)
-    assert learning_rate(recipe, recipe.warmup_steps) == pytest.approx(recipe.peak_lr)
-    assert learning_rate(recipe, recipe.steps) == pytest.approx(recipe.peak_lr * recipe.min_lr_ratio)
+    schedule = lr_schedule(recipe)
+    assert schedule.at(1) == pytest.approx(recipe.peak_lr / recipe.warmup_steps)
+    assert schedule.at(recipe.warmup_steps) == pytest.approx(recipe.peak_lr)
+    assert schedule.at(recipe.steps) == pytest.approx(recipe.peak_lr * recipe.min_lr_ratio)

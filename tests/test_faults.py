@@ -11,8 +11,8 @@ import pytest
 import tinker
 from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
 
-from loraexp.datums import datum_from_row
-from loraexp.faults import FAULT_KINDS, FaultyClient, ServiceTiming, SimulatedService, SimulatedTrainingClient, injected_error
+from loraexp.service.datums import datum_from_row
+from loraexp.testing.faults import FAULT_KINDS, FaultyClient, ServiceTiming, SimulatedService, SimulatedTrainingClient, injected_error
 from loraexp.local_tinker import LocalRestClient, LocalServiceClient
 from tiny_qwen3 import fixture_rows, make_tiny_qwen3
 

@@ -15,7 +15,8 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from loraexp.artifacts import open_run, write_json_atomic, write_jsonl
+from loraexp.artifacts import open_run
+from loraexp.files import write_json_atomic, write_jsonl
 from loraexp.cli import app
 from loraexp.contracts import load_contract
 

@@ -3,8 +3,8 @@ error, request completed failed) gives exactly the clean run's results; a perman
 stage at once in one line; and no secret from the environment or the command line reaches an artifact
 or a log.
 
-The flaky run is a real process with LORAEXP_FAULT_RATE (see loraexp.backend) and dummy TINKER_API_KEY
-and HF_TOKEN set; its stdout/stderr is the log that is scanned.
+The flaky run is a real process of the CLI with injected faults (`python -m loraexp.testing.cli`, reading
+LORAEXP_FAULT_RATE) and dummy TINKER_API_KEY and HF_TOKEN set; its stdout/stderr is the log that is scanned.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import tinker
 
 from crashkit import eval_outcome, loraexp, make_workdir, results, run_to_end, train_outcome
 from datakit import cli, error_line
-from loraexp import backend
+from loraexp.cli import CliContext
 from loraexp.local_tinker.errors import status_error
+from loraexp.service import Service
 
 SECRETS = {"TINKER_API_KEY": "tml-dummy-secret-123", "HF_TOKEN": "hf_dummysecret456"}
 FAULTS = {"LORAEXP_FAULT_RATE": "0.1", "LORAEXP_FAULT_SEED": "5", "LORAEXP_RETRY_BASE_DELAY_S": "0"}
@@ -30,7 +31,7 @@ def flaky_run(tmp_path_factory, small_base):
     """The small experiment run end to end under 10% injected faults, with secrets in the environment;
     then `eval` with the API key pasted where a checkpoint path goes (a plausible slip)."""
     workdir = make_workdir(tmp_path_factory.mktemp("flaky"), small_base)
-    run_to_end(workdir, "run", "--config", "demo.toml", env={**FAULTS, **SECRETS})
+    run_to_end(workdir, "run", "--config", "demo.toml", env={**FAULTS, **SECRETS}, module="loraexp.testing.cli")
     slip = loraexp(workdir, "eval", "--config", "demo.toml", "--condition", "all_layer", "--seed", "0", "--limit", "2",
                    "--checkpoint", SECRETS["TINKER_API_KEY"], env=SECRETS)
     assert slip.wait(120) == 2
@@ -50,7 +51,7 @@ def test_flaky_service_run_equals_the_clean_run(flaky_run, reference_run):
     kinds = set(re.findall(r"injected (\w+) on (\w+)", log))
     assert len({kind for kind, _ in kinds}) == 4, f"not every fault kind was exercised: {sorted(kinds)}"
     assert {"forward_backward", "optim_step", "forward", "save_state"} <= {method for _, method in kinds}
-    assert re.search(r"stages.eval: sample: (RateLimitError|InternalServerError|APIConnectionError|RequestFailedError); retry", log)
+    assert re.search(r"service.retry: sample: (RateLimitError|InternalServerError|APIConnectionError|RequestFailedError): injected .*; retry", log)
     assert "Traceback" not in log
 
     assert train_outcome(flaky_run) == train_outcome(reference_run)
@@ -91,8 +92,8 @@ def test_permanent_failure_stops_the_stage_at_once(reference_run, tmp_path, monk
             calls.append(kind.__name__)
             raise status_error(kind, 400 if kind is tinker.BadRequestError else 401, "refused by the service", "create_model")
 
-    monkeypatch.setattr(backend, "connect", lambda contract: Refusing())
-    line = error_line(cli("train", "--config", "demo.toml", "--condition", "all_layer", "--seed", "0", expect=2))
+    refusing = CliContext(connect=lambda contract: Service(Refusing(), lambda: None, "tinker"))
+    line = error_line(cli("train", "--config", "demo.toml", "--condition", "all_layer", "--seed", "0", expect=2, obj=refusing))
     assert f"failed permanently ({kind.__name__}: refused by the service)" in line
     assert ("check TINKER_API_KEY" in line) == (kind is tinker.AuthenticationError)
     assert calls == [kind.__name__], "a permanent failure was retried"

@@ -13,9 +13,9 @@ import pytest
 import tinker
 import torch
 
-from loraexp.datums import datum_from_row, mean_nll
-from loraexp.errors import UserError
+from loraexp.service.datums import datum_from_row, mean_nll
 from loraexp.local_tinker import LocalRestClient, LocalServiceClient
+from loraexp.service.adapters import inspect_adapter
 from tiny_qwen3 import EOS_ID, ManualClock, fixture_rows, make_tiny_qwen3
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -102,14 +102,23 @@ def test_trainable_parameters_equal_peft_for_the_flagged_modules(service, base_d
 
     client = new_client(service, base_dir, **flags)
     reference = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), peft.LoraConfig(r=4, lora_alpha=32, target_modules=targets))
-    assert client.lora_parameter_count() == sum(p.numel() for p in reference.parameters() if p.requires_grad)
+    facts = exported_adapter(service, client)
+    assert facts.parameters == sum(p.numel() for p in reference.parameters() if p.requires_grad)
+    assert set(facts.modules) == set(targets) and facts.ranks == (4,) and facts.lora_alpha == 32 and facts.lora_dropout == 0.0
+    assert facts.untrained_kinds == facts.kinds  # B starts at zero: nothing trained yet
     assert client.get_info().lora_rank == 4 and client.get_info().model_id == client.model_id
+
+
+def exported_adapter(service, client):
+    """What the adapter behind save_weights_external really is, read from its tensors."""
+    path = client.save_weights_external(f"facts-{client.model_id.replace(':', '-')}").result().path
+    return inspect_adapter(service.store.resolve(path)[1])
 
 
 def test_attention_only_adapter_is_smaller_than_all_layer(service, base_dir):
     attention_only = new_client(service, base_dir, train_mlp=False, train_unembed=False)
     all_layer = new_client(service, base_dir, train_mlp=True, train_unembed=False)
-    assert 0 < attention_only.lora_parameter_count() < all_layer.lora_parameter_count()
+    assert 0 < exported_adapter(service, attention_only).parameters < exported_adapter(service, all_layer).parameters
     with pytest.raises(ValueError, match="At least one"):
         service.create_lora_training_client(str(base_dir), rank=4, train_mlp=False, train_attn=False, train_unembed=False)
 
@@ -248,9 +257,15 @@ def test_trained_sampler_decodes_its_weights_and_eos_stops_by_default(service, b
     client = new_client(service, base_dir)
     row = [7, 8, 9, 10, EOS_ID]  # teach the model to say "10 <eos>" after "7 8 9"
     datum = datum_from_row({"tokens": row, "weights": [0, 0, 0, 1, 1]})
-    for _ in range(60):
-        client.forward_backward([datum] * 4, "cross_entropy")
-        client.optim_step(tinker.AdamParams(learning_rate=1e-1))
+    # Train until the model has learned it (each target token p > 0.99 under the post-step weights), not for a fixed
+    # step count: Adam near zero loss spikes at chaotic moments that differ between CPUs (Xeon vs EPYC), and a fixed
+    # count once stopped on a spike there. The test is about the sampler decoding these weights, not about the optimizer.
+    for steps in range(1, 301):
+        client.forward_backward([datum], "cross_entropy")
+        client.optim_step(tinker.AdamParams(learning_rate=1e-2))
+        if -min(logprobs(client, [datum])[0][-2:]) < 0.01:
+            break
+    assert -min(logprobs(client, [datum])[0][-2:]) < 0.01, f"not learned in {steps} steps"
     sampler = service.create_sampling_client(model_path=client.save_weights_for_sampler("taught").result().path).result()
     snapshot = client.save_weights_and_get_sampling_client().result()
     params = tinker.SamplingParams(max_tokens=8, temperature=0.0)
@@ -286,6 +301,6 @@ def test_seeded_temperature_sampling_is_reproducible(service, base_dir):
     assert len({tuple(s.tokens) for s in draws[0].sequences}) > 1  # seed + sample index: different draws
 
 
-def test_unknown_base_model_is_one_user_error(service, tmp_path):
-    with pytest.raises(UserError, match="does not exist; set experiment.base_model"):
+def test_unknown_base_model_is_the_services_not_found(service, tmp_path):
+    with pytest.raises(tinker.NotFoundError, match="cannot load base model"):
         service.create_lora_training_client(str(tmp_path / "missing-model"), rank=4).result()

@@ -7,9 +7,9 @@ import re
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from loraexp.datums import datum_from_row
+from loraexp.service.datums import datum_from_row
 from loraexp.local_tinker import model as lora
-from loraexp.numerics import VML_OPS, warm_up_vector_math
+from loraexp.local_tinker.numerics import VML_OPS, warm_up_vector_math
 from tiny_qwen3 import fixture_rows, make_tiny_qwen3
 
 # The float ops ATen implements with MKL VML (aten/src/ATen/cpu/vml.h, IMPLEMENT_VML_MKL), whether or not loraexp uses them.

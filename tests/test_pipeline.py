@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import orjson
 
 from datakit import cli, results
-from loraexp.pipeline import STAGES
+from loraexp.cli import CliContext
+from loraexp.pipeline import STAGE_NAMES
 from pipeline_kit import small_config
 
 
@@ -16,7 +22,7 @@ def finished_at(tmp_path) -> dict[str, str]:
 def test_run_whole_dag_then_noop_then_targeted_rerun(tmp_path, small_base):
     config = small_config(tmp_path, small_base)
     first = cli("run", "--config", config)
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         assert f"▶ {stage}" in first.output
     runs = finished_at(tmp_path)
     expected = {"demo-build-data", "demo-audit", "demo-contamination", "demo-render", "demo-smoke", "demo-lr-select",
@@ -68,14 +74,27 @@ def test_an_unexpected_exception_is_one_line_and_a_crash_log(tmp_path, small_bas
     monkeypatch.chdir(tmp_path)
     config = small_config(tmp_path, small_base)
 
-    def broken(*args, **kwargs):
+    def broken(contract):
         raise ZeroDivisionError("simulated bug")
 
-    monkeypatch.setattr("loraexp.stages.audit.run", broken)
     cli("build-data", "--config", config)
-    result = cli("audit", "--config", config, expect=1)
+    cli("render", "--config", config)
+    result = cli("smoke", "--config", config, expect=1, obj=CliContext(connect=broken))
     assert "Traceback" not in result.output
     line = next(line for line in result.output.splitlines() if line.startswith("error: unexpected ZeroDivisionError"))
     logs = list((tmp_path / "artifacts" / "logs").glob("crash-*.txt"))
     assert len(logs) == 1 and str(logs[0].relative_to(tmp_path)) in line
     assert "simulated bug" in logs[0].read_text() and "Traceback" in logs[0].read_text()
+
+
+def test_a_failed_run_prints_one_error_line_and_its_rerun_command(tmp_path):
+    """As a new user would try it: the reference contract offline stops at build-data (the Hub is unreachable)."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "lora-and-friends.toml"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run([sys.executable, "-m", "loraexp.cli", "run", "--config", str(config)], cwd=tmp_path, capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: stage build-data failed: could not load HF dataset 'nvidia/OpenMathInstruct-2'"), proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"  rerun just this stage: loraexp build-data --config {config}"
+    assert "unexpected" not in proc.stderr and "Traceback" not in proc.stderr

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from loraexp.artifacts import read_jsonl
+from loraexp.files import read_jsonl
 from loraexp.cli import app
 from loraexp.contracts import load_contract
 from loraexp.tokenization import load_saved_tokenizer

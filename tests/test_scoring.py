@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from loraexp.scoring import _with_deadline, lenient_number, score_lenient, score_strict
+from loraexp.scoring.scorers import _with_deadline, lenient_number, score_lenient, score_strict
 
 # (generation, reference, strict extracted, strict correct, lenient correct)
 TRICKY = [
@@ -102,3 +102,25 @@ def test_lenient_scores_from_a_worker_thread():
     worker.start()
     worker.join()
     assert verdicts == [True]
+
+
+def test_the_scorer_identity_hashes_all_the_code_the_scorers_run():
+    """A change to what a scorer computes must change the identity every eval contract records."""
+    import hashlib
+    import inspect
+    from pathlib import Path
+
+    from loraexp.scoring import answers, scorers
+    from loraexp.stages.eval import eval_contract
+    from loraexp.contracts import load_contract
+
+    identity = scorers.scorer_identity()
+    hashed = [Path(scorers.__file__).parent / name for name in scorers.SCORER_CODE]
+    assert identity["code_sha256"] == hashlib.sha256(b"".join(path.read_bytes() for path in hashed)).hexdigest()
+    # every loraexp function the two scorers call lives in a hashed file
+    for function in (scorers.score_strict, scorers.score_lenient, scorers.lenient_number, scorers.math_verify_equal,
+                     answers.last_boxed, answers.find_boxed, answers.normalize, answers.strict_equal, answers.as_decimal):
+        assert Path(inspect.getsourcefile(function)).resolve() in {path.resolve() for path in hashed}, function.__name__
+    assert identity["math_verify"]  # the lenient scorer's verdicts depend on math-verify's version too
+    contract = load_contract(Path(__file__).resolve().parents[1] / "configs" / "demo.toml")
+    assert eval_contract(contract)["scorer"] == identity

@@ -11,13 +11,14 @@ import pytest
 import tinker
 from typer.testing import CliRunner
 
-from loraexp import backend
-from loraexp.artifacts import open_run, write_jsonl
+from loraexp.artifacts import open_run
+from loraexp.files import write_jsonl
 from loraexp.cli import app
 from loraexp.contracts import load_contract
-from loraexp.datums import datum_from_row
 from loraexp.errors import UserError
 from loraexp.local_tinker import LocalRestClient, LocalServiceClient
+from loraexp.service import Service, connect
+from loraexp.service.datums import datum_from_row
 from loraexp.stages import smoke
 from tiny_qwen3 import fixture_rows, make_tiny_qwen3
 
@@ -52,12 +53,18 @@ def test_smoke_cli_writes_both_conditions_with_backend_recorded_flags(config):
     report = read(Path(run_dir) / "smoke.json")
     assert report["status"] == "pass" and report["backend"] == "local"
     assert report["versions"]["tinker"] == tinker.__version__ and report["versions"]["peft"]
-    assert report["backend_owned_lora_knobs"]["lora_alpha"] == 32 and report["backend_owned_lora_knobs"]["lora_dropout"] == 0.0
+    knobs = report["backend_owned_lora_knobs"]
+    assert knobs["lora_alpha"] == 32 and knobs["lora_dropout"] == 0.0 and knobs["evidence"].startswith("measured")
     attention, all_layer = report["conditions"]["attention_only"], report["conditions"]["all_layer"]
     assert attention["flags_recorded_by_backend"] == {"train_attn": True, "train_mlp": False, "train_unembed": False}
     assert all_layer["flags_recorded_by_backend"] == {"train_attn": True, "train_mlp": True, "train_unembed": False}
     assert attention["accepted"] and all_layer["accepted"] and attention["lora_rank_recorded_by_backend"] == 8
+    # measured from the downloaded adapters' tensors, not taken from the backend's word
+    assert attention["adapter"]["kinds"] == ["attn"] and all_layer["adapter"]["kinds"] == ["attn", "mlp"]
+    assert attention["adapter"]["modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"] and attention["adapter"]["ranks"] == [8]
+    assert attention["adapter"]["untrained_kinds"] == [] and all_layer["adapter_deviations"] == []
     assert 0 < attention["trainable_parameters"]["count"] < all_layer["trainable_parameters"]["count"]
+    assert attention["trainable_parameters"]["count"] == attention["adapter"]["parameters"]
     for condition in (attention, all_layer):
         assert condition["train_nll_decreased"] and len(condition["train_mean_nll"]) == smoke.SMOKE_STEPS
         assert 0 < condition["val_mean_nll_after"] < 10 and condition["val_loss_tokens"] > 0
@@ -65,7 +72,8 @@ def test_smoke_cli_writes_both_conditions_with_backend_recorded_flags(config):
     assert [(m["condition"], m["step"]) for m in metrics] == [(c, s) for c in ("attention_only", "all_layer") for s in (1, 2, 3)]
     assert all({"progress", "learning_rate", "num_tokens", "num_loss_tokens"} <= m.keys() for m in metrics)
     manifest = read(Path(run_dir) / "manifest.json")
-    assert manifest["status"] == "pass" and set(manifest["outputs"]) == {"smoke.json", "metrics.jsonl"}
+    adapters = {f"adapters/{c}/{f}" for c in ("attention_only", "all_layer") for f in ("adapter_config.json", "adapter_model.safetensors")}
+    assert manifest["status"] == "pass" and set(manifest["outputs"]) == {"smoke.json", "metrics.jsonl"} | adapters
     assert "demo-render" in manifest["inputs"]
 
 
@@ -94,14 +102,18 @@ class Recorder:
 def test_smoke_calls_the_tinker_surface_in_order_with_real_types(config):
     contract = load_contract(config)
     calls = []
-    service = LocalServiceClient(Path(contract.experiment.artifacts_dir) / "local_tinker")
+    local = LocalServiceClient(Path(contract.experiment.artifacts_dir) / "local_tinker")
+    service = Service(Recorder(local, calls), lambda: LocalRestClient(local.store), "local").tagged("smoke", "recorded")
     run = open_run(contract, "smoke", "recorded")
-    smoke.run(contract, Recorder(service, calls), LocalRestClient(service.store), run, Path(contract.experiment.artifacts_dir) / "results" / "demo-render")
-    names = [name for name, _, _ in calls if name not in ("get_info", "lora_parameter_count")]
-    per_condition = ["create_lora_training_client", "forward"] + ["forward_backward", "optim_step"] * smoke.SMOKE_STEPS + ["forward", "save_state"]
+    smoke.smoke(contract, service, run, Path(contract.experiment.artifacts_dir) / "results" / "demo-render")
+    names = [name for name, _, _ in calls if name != "get_info"]
+    per_condition = (["create_lora_training_client", "forward"] + ["forward_backward", "optim_step"] * smoke.SMOKE_STEPS
+                     + ["forward", "save_state", "save_weights_external"])
     assert names == per_condition * 2
     create = calls[0]
-    assert create[1] == (contract.experiment.base_model,) and create[2]["rank"] == 8 and create[2]["train_mlp"] is False
+    assert create[2]["base_model"] == contract.experiment.base_model and create[2]["rank"] == 8 and create[2]["train_mlp"] is False
+    assert create[2]["user_metadata"]["loraexp_run_id"] == "recorded" and create[2]["user_metadata"]["loraexp_stage"] == "smoke"
+    assert create[2]["user_metadata"]["loraexp_condition"] == "attention_only" and "loraexp_git_commit" in create[2]["user_metadata"]
     forward_backward = next(args for name, args, _ in calls if name == "forward_backward")
     assert forward_backward[1] == "cross_entropy" and all(isinstance(d, tinker.Datum) for d in forward_backward[0])
     assert all(isinstance(d.loss_fn_inputs["weights"], tinker.TensorData) for d in forward_backward[0])
@@ -135,8 +147,10 @@ def test_connect_hands_the_tinker_backend_to_the_real_sdk_constructors(config, m
     monkeypatch.setattr(tinker, "RestClient", lambda **kwargs: made.append(("rest", kwargs)) or "rest-client")
     contract = load_contract(config).model_copy(update={"experiment": load_contract(config).experiment.model_copy(update={"backend": "tinker"})})
     monkeypatch.setenv("TINKER_API_KEY", "tml-test")
-    assert backend.connect(contract) == "service-client" and backend.rest_client("service-client") == "rest-client"
-    assert made == [("service", {}), ("rest", {})]  # the key travels by environment, never through our code
+    service = connect(contract)
+    assert service.client == "service-client" and service.backend == "tinker" and made == [("service", {})]  # the REST client waits for a use
+    assert service.rest == "rest-client" and service.tagged("smoke", "x").rest == "rest-client"
+    assert made == [("service", {}), ("rest", {})]  # one of each; the key travels by environment, never through our code
     monkeypatch.setenv("TINKER_API_KEY", "sk-wrong")
     with pytest.raises(UserError, match="must start with 'tml-'"):
-        backend.connect(contract)
+        connect(contract)

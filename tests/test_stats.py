@@ -7,7 +7,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from loraexp.stats import (
+from loraexp.analysis.stats import (
     decide,
     item_standard_error,
     mcnemar_exact,

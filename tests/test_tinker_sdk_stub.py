@@ -2,7 +2,7 @@
 
 loraexp's own code (train_with_resume with pipelined steps, a validation + save_state cadence and a
 resume from the last checkpoint, validation_nll, save_weights_for_sampler, sampling clients by
-model_path and base model, eval._sample) runs once through `tinker.ServiceClient` -> HTTP ->
+model_path and base model, eval.sample_one) runs once through `tinker.ServiceClient` -> HTTP ->
 tests/tinker_stub.py -> LocalServiceClient, and once directly on a LocalServiceClient; the numbers
 and the sampled tokens must agree. Pinned to tinker 0.38.0 (see tinker_stub.pin_reason).
 """
@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import tinker
 
-from loraexp import backend
-from loraexp.artifacts import JsonlWriter, read_jsonl, write_jsonl
+from loraexp.files import JsonlWriter, read_jsonl, write_jsonl
 from loraexp.contracts import Contract, load_contract
-from loraexp.datums import datum_from_row
 from loraexp.local_tinker import LocalServiceClient
-from loraexp.stages.eval import _sample, generate_all, sampling_client_for
-from loraexp.training import CHECKPOINTS, METRICS, resolve, train_with_resume, validation_nll
-from loraexp.schedule import make_plan
+from loraexp.service import Service, connect, local_service
+from loraexp.service.datums import datum_from_row
+from loraexp.stages.eval import generate_all, sample_one
+from loraexp.training.loop import CHECKPOINTS, METRICS, train_with_resume, validation_nll
+from loraexp.training.schedule import make_plan
 from tinker_stub import TinkerStub, pin_reason
 from tiny_qwen3 import EOS_ID, fixture_rows, make_tiny_qwen3
 
@@ -84,7 +84,7 @@ def loopback_only(monkeypatch) -> list:
 @pytest.fixture()
 def tinker_stub(tmp_path, monkeypatch, loopback_only):
     """The stub on a free 127.0.0.1 port, serving a LocalServiceClient; the SDK pointed at it by environment."""
-    local = LocalServiceClient(tmp_path / "stub-service", cache_root=tmp_path / "cache")
+    local = LocalServiceClient(tmp_path / "stub-service")
     with TinkerStub(local, max_lifetime_s=120) as stub:
         monkeypatch.setenv("TINKER_API_KEY", "tml-dummy")
         monkeypatch.setenv("TINKER_BASE_URL", stub.base_url)
@@ -104,42 +104,43 @@ def stub_contract(tmp_path: Path, base_dir: Path, backend_name: str) -> Contract
     return Contract.model_validate(raw)
 
 
-def drive(service: Any, contract: Contract, train: list[tinker.Datum], val: list[tinker.Datum], run_dir: Path) -> dict:
+def drive(service: Service, contract: Contract, train: list[tinker.Datum], val: list[tinker.Datum], run_dir: Path) -> dict:
     """The same loraexp calls on either service; returns every number and token they produce."""
     plan = make_plan(contract, contract.train.learning_rate, contract.train.batch_size, len(train), seed=0)
     assert (plan.total_steps, plan.cadence, plan.request_shape) == (6, (3, 6), "batched_datums_pipelined")
     condition = contract.lora.conditions[1]
     run_dir.mkdir(parents=True)
-    train_with_resume(service, contract, condition, plan, train, val, run_dir, "sdk-stub", progress=False)
+    base, rank = contract.experiment.base_model, contract.lora.rank
+    train_with_resume(service, base, rank, condition, plan, train, val, run_dir, "sdk-stub", progress=False)
     # a crash after step 6 was submitted but before its record was written: the rerun resumes from step 3's state
     write_jsonl(run_dir / CHECKPOINTS, read_jsonl(run_dir / CHECKPOINTS)[:1])
-    records = train_with_resume(service, contract, condition, plan, train, val, run_dir, "sdk-stub", progress=False)
+    records = train_with_resume(service, base, rank, condition, plan, train, val, run_dir, "sdk-stub", progress=False)
 
-    client = resolve(service.create_training_client_from_state_with_optimizer(records[-1]["state_path"]))
-    val_nll, val_tokens = validation_nll(client, val, batch_size=2)
+    client = service.resume_training_client(records[-1]["state_path"])
+    val_nll, val_tokens = validation_nll(service, client, val, batch_size=2)
     step = client.forward_backward(train[:4], "cross_entropy")  # pipelined: optim_step submitted before either is awaited
     optim = client.optim_step(plan.adam_params(plan.total_steps))
     step_output, _ = step.result(), optim.result()
-    after_nll, _ = validation_nll(client, val, batch_size=len(val))
+    after_nll, _ = validation_nll(service, client, val, batch_size=len(val))
     sampler_path = client.save_weights_for_sampler("final").result().path
 
     params = tinker.SamplingParams(max_tokens=8, temperature=0.0, stop=[EOS_ID])
 
     async def sample_all(sampler: Any) -> list[tinker.SampledSequence]:
         gate = asyncio.Semaphore(1)  # one request at a time: the local sampler then decodes each prompt alone on both paths
-        return list(await asyncio.gather(*(_sample(sampler, prompt, params, gate) for prompt in PROMPTS)))
+        return list(await asyncio.gather(*(sample_one(sampler, prompt, params, gate, service.retry) for prompt in PROMPTS)))
 
-    tuned_sampler = sampling_client_for(service, contract, sampler_path)
+    tuned_sampler = service.sampling_client(model_path=sampler_path)
     tuned = asyncio.run(sample_all(tuned_sampler))
-    base = asyncio.run(sample_all(sampling_client_for(service, contract, None)))
+    base_sampler = asyncio.run(sample_all(service.sampling_client(base_model=contract.experiment.base_model)))
     # eval.run's own path, on the same sampler from a second event loop (as eval.run does for its determinism check)
     examples = [{"example_id": f"q{i}", "benchmark_index": i, "question": "?", "reference_answer": "42", "prompt": prompt} for i, prompt in enumerate(PROMPTS)]
     with JsonlWriter(run_dir / "predictions.jsonl", mode="w") as writer:
-        asyncio.run(generate_all(tuned_sampler, examples, params, TokenIdText(), writer, concurrency=1, label="sdk-stub", progress=False))
+        asyncio.run(generate_all(tuned_sampler, examples, params, TokenIdText(), writer, concurrency=1, label="sdk-stub", progress=False, retry=service.retry))
     return {"predictions": sorted(read_jsonl(run_dir / "predictions.jsonl"), key=lambda row: row["example_id"]),
         "records": records, "metrics": read_jsonl(run_dir / METRICS), "val": (val_nll, val_tokens), "after_nll": after_nll,
         "step_logprobs": [out["logprobs"].to_numpy() for out in step_output.loss_fn_outputs], "step_loss": step_output.metrics["loss:sum"],
-        "model_id": client.model_id, "sampler_path": sampler_path, "tuned": tuned, "base": base,
+        "model_id": client.model_id, "sampler_path": sampler_path, "tuned": tuned, "base": base_sampler,
     }
 
 
@@ -148,13 +149,13 @@ def test_real_sdk_through_the_stub_matches_the_local_client(tmp_path, tinker_stu
     rows = fixture_rows(16, seed=1)
     train, val = [datum_from_row(r) for r in rows[:12]], [datum_from_row(r) for r in rows[12:]]
 
-    service = backend.connect(stub_contract(tmp_path, base_dir, "tinker"))
-    assert type(service) is tinker.ServiceClient and backend.backend_name(service) == "tinker"
+    service = connect(stub_contract(tmp_path, base_dir, "tinker"))
+    assert type(service.client) is tinker.ServiceClient and service.backend == "tinker"
     try:
         sdk = drive(service, stub_contract(tmp_path, base_dir, "tinker"), train, val, tmp_path / "sdk-run")
     finally:
-        service.close("success").result()
-    reference_service = LocalServiceClient(tmp_path / "reference-service", cache_root=tmp_path / "cache")
+        service.client.close("success").result()
+    reference_service = local_service(LocalServiceClient(tmp_path / "reference-service"))
     ref = drive(reference_service, stub_contract(tmp_path, base_dir, "local"), train, val, tmp_path / "reference-run")
 
     # the SDK really spoke HTTP to the stub, only on loopback, and nothing was left unanswered
@@ -184,7 +185,7 @@ def test_real_sdk_through_the_stub_matches_the_local_client(tmp_path, tinker_stu
     assert abs(sdk["step_loss"] - ref["step_loss"]) <= 1e-4 * abs(ref["step_loss"])
     assert abs(sdk["after_nll"] - ref["after_nll"]) <= TOLERANCE and sdk["after_nll"] != sdk["val"][0]
 
-    # sampling: a sampler checkpoint by model_path, and the base model, through eval._sample
+    # sampling: a sampler checkpoint by model_path, and the base model, through eval.sample_one
     assert sdk["sampler_path"] == f"tinker://{session}:train:2/sampler_weights/final"
     for kind in ("tuned", "base"):
         assert [s.tokens for s in sdk[kind]] == [s.tokens for s in ref[kind]], kind

@@ -1,7 +1,7 @@
 """Tokenizers and chat rendering: Qwen3 ids offline, the 27-token system turn, the loss mask, batch == template.
 
-The identity check reads 65 real rows from ../shared/data (25 MATH train solutions; 20 GSM8K train answers
-with `#### N` turned into \\boxed{N}; 20 OpenMathInstruct-2 rows); nothing is copied into the repository.
+The identity check reads 65 real rows from tests/fixtures (25 MATH train solutions; 20 GSM8K train answers
+with `#### N` turned into \\boxed{N}; 20 OpenMathInstruct-2 rows).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from loraexp.errors import UserError
-from loraexp.tokenization import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER, QWEN3_OFFLINE, QWEN3_PLAIN_ADDED_TOKENS, QWEN3_SPECIAL_TOKENS, load_saved_tokenizer, load_tokenizer
 from loraexp.chat import BatchRenderer, RenderMismatch, generation_prompt_tokens, render_example, stop_token_id
+from loraexp.demo.tokenizer import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER
+from loraexp.tokenization import QWEN3_OFFLINE, QWEN3_PLAIN_ADDED_TOKENS, QWEN3_SPECIAL_TOKENS, load_saved_tokenizer, load_tokenizer
 
 SYSTEM_PROMPT = "You are a careful math solver. Solve the problem step by step. Put the final answer in \\boxed{}."
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +36,17 @@ def demo(cache):
 
 
 def _first_rows(relative: str, count: int) -> list[dict]:
-    with (SHARED_DATA / relative).open(encoding="utf-8") as handle:
+    with (FIXTURES / relative).open(encoding="utf-8") as handle:
         return [json.loads(next(handle)) for _ in range(count)]
 
 
 def real_pairs() -> list[tuple[str, str]]:
     """(question, answer) pairs of real MATH, GSM8K (#### N -> \\boxed{N}) and OpenMathInstruct-2 rows."""
-    pairs = [(row["problem"], row["solution"]) for row in _first_rows("math/train.jsonl", 25)]
-    for row in _first_rows("gsm8k/train.jsonl", 20):
+    pairs = [(row["problem"], row["solution"]) for row in _first_rows("math_train.jsonl", 25)]
+    for row in _first_rows("gsm8k_train.jsonl", 20):
         body, _, final = row["answer"].rpartition("####")
         pairs.append((row["question"], f"{body.strip()}\n\\boxed{{{final.strip()}}}"))
-    pairs += [(row["problem"], row["generated_solution"]) for row in _first_rows("openmath/omi2_sample.jsonl", 20)]
+    pairs += [(row["problem"], row["generated_solution"]) for row in _first_rows("omi2_sample.jsonl", 20)]
     return pairs
 
 

@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 import tinker
 
-from loraexp.artifacts import read_jsonl
+import dataclasses
+
+from loraexp.files import read_jsonl
 from loraexp.contracts import Contract, load_contract
-from loraexp.datums import datum_from_row
 from loraexp.errors import UserError
-from loraexp.faults import FaultyClient
-from loraexp.local_tinker import LocalRestClient, LocalServiceClient
+from loraexp.local_tinker import LocalServiceClient
+from loraexp.service import Service, local_service
+from loraexp.service.datums import datum_from_row
+from loraexp.service.retry import Retry
 from loraexp.stages import export
-from loraexp.training import select_checkpoint, train_with_resume
-from loraexp.schedule import make_plan
+from loraexp.testing.faults import faulty_service
+from loraexp.training.loop import select_checkpoint, train_with_resume
+from loraexp.training.schedule import make_plan
 from tiny_qwen3 import fixture_rows, make_tiny_qwen3
 
 VOLATILE = {"seconds", "state_path", "expires_at"}
@@ -46,11 +50,12 @@ def stable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in VOLATILE} for row in rows]
 
 
-def train_run(contract: Contract, service, datums, run_dir: Path, seed: int = 0) -> list[dict]:
+def train_run(contract: Contract, service: Service, datums, run_dir: Path, seed: int = 0) -> list[dict]:
     train_datums, val_datums = datums
     plan = make_plan(contract, contract.train.learning_rate, contract.train.batch_size, len(train_datums), seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return train_with_resume(service, contract, contract.lora.conditions[1], plan, train_datums, val_datums, run_dir, "test", progress=False)
+    return train_with_resume(service, contract.experiment.base_model, contract.lora.rank, contract.lora.conditions[1], plan, train_datums, val_datums,
+                             run_dir, "test", progress=False)
 
 
 class Crash(BaseException):
@@ -100,7 +105,7 @@ class CrashingClient:
 
 def test_cadence_and_partial_batches(tmp_path, base_dir, datums):
     contract = tiny_contract(tmp_path, base_dir)
-    records = train_run(contract, LocalServiceClient(tmp_path / "svc"), datums, tmp_path / "run")
+    records = train_run(contract, local_service(LocalServiceClient(tmp_path / "svc")), datums, tmp_path / "run")
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     # 21 rows / 4 -> 6 steps per epoch, the last of 1 row; 2 epochs = 12 steps; every 4 steps, minus those within 1 of an epoch end
     assert [m["rows"] for m in metrics] == [4, 4, 4, 4, 4, 1] * 2
@@ -111,12 +116,13 @@ def test_cadence_and_partial_batches(tmp_path, base_dir, datums):
 
 def test_exact_resume_after_a_crash_at_a_random_step(tmp_path, base_dir, datums):
     contract = tiny_contract(tmp_path, base_dir)
-    clean = train_run(contract, LocalServiceClient(tmp_path / "svc-clean"), datums, tmp_path / "clean")
+    clean = train_run(contract, local_service(LocalServiceClient(tmp_path / "svc-clean")), datums, tmp_path / "clean")
     crash_at = random.Random().randint(2, 12)
     crashed_dir = tmp_path / "crashed"
     with pytest.raises(Crash):
-        train_run(contract, CrashingService(LocalServiceClient(tmp_path / "svc-crash"), crash_at), datums, crashed_dir)
-    resumed = train_run(contract, LocalServiceClient(tmp_path / "svc-crash"), datums, crashed_dir)
+        crashing = local_service(LocalServiceClient(tmp_path / "svc-crash"))
+        train_run(contract, dataclasses.replace(crashing, client=CrashingService(crashing.client, crash_at)), datums, crashed_dir)
+    resumed = train_run(contract, local_service(LocalServiceClient(tmp_path / "svc-crash")), datums, crashed_dir)
     assert stable(resumed) == stable(clean), f"crash at forward_backward #{crash_at}"
     clean_metrics = read_jsonl(tmp_path / "clean" / "metrics.jsonl")
     resumed_metrics = read_jsonl(crashed_dir / "metrics.jsonl")
@@ -127,25 +133,25 @@ def test_exact_resume_after_a_crash_at_a_random_step(tmp_path, base_dir, datums)
 
 @pytest.mark.parametrize("shape", ["single_datum_calls", "batched_datums"])
 def test_request_shapes_train_the_same_model(tmp_path, base_dir, datums, shape):
-    pipelined = train_run(tiny_contract(tmp_path, base_dir), LocalServiceClient(tmp_path / "a"), datums, tmp_path / "a-run")
-    other = train_run(tiny_contract(tmp_path, base_dir, request_shape=shape), LocalServiceClient(tmp_path / "b"), datums, tmp_path / "b-run")
+    pipelined = train_run(tiny_contract(tmp_path, base_dir), local_service(LocalServiceClient(tmp_path / "a")), datums, tmp_path / "a-run")
+    other = train_run(tiny_contract(tmp_path, base_dir, request_shape=shape), local_service(LocalServiceClient(tmp_path / "b")), datums, tmp_path / "b-run")
     assert np.allclose([r["val_nll"] for r in other], [r["val_nll"] for r in pipelined], rtol=1e-4)
 
 
-def test_flaky_service_gives_the_same_results_as_a_clean_one(tmp_path, base_dir, datums, monkeypatch):
-    monkeypatch.setattr("loraexp.retry.BASE_DELAY_S", 0.0)
+def test_flaky_service_gives_the_same_results_as_a_clean_one(tmp_path, base_dir, datums):
     contract = tiny_contract(tmp_path, base_dir)
-    clean = train_run(contract, LocalServiceClient(tmp_path / "clean-svc"), datums, tmp_path / "clean")
-    flaky_service = FaultyClient(LocalServiceClient(tmp_path / "flaky-svc"), failure_rate=0.1, seed=3)
+    clean = train_run(contract, local_service(LocalServiceClient(tmp_path / "clean-svc")), datums, tmp_path / "clean")
+    no_wait = dataclasses.replace(local_service(LocalServiceClient(tmp_path / "flaky-svc")), retry=Retry(base_delay_s=0.0))
+    flaky_service = faulty_service(no_wait, failure_rate=0.1, seed=3)
     flaky = train_run(contract, flaky_service, datums, tmp_path / "flaky")
-    assert flaky_service.injected, "the wrapper injected no failure; the test would prove nothing"
+    assert flaky_service.client.injected, "the wrapper injected no failure; the test would prove nothing"
     assert stable(flaky) == stable(clean)
     assert stable(read_jsonl(tmp_path / "flaky" / "metrics.jsonl")) == stable(read_jsonl(tmp_path / "clean" / "metrics.jsonl"))
 
 
 def test_permanent_failure_stops_at_once(tmp_path, base_dir, datums):
     contract = tiny_contract(tmp_path, base_dir)
-    service = LocalServiceClient(tmp_path / "svc")
+    service = local_service(LocalServiceClient(tmp_path / "svc"))
     broken = contract.model_copy(update={"experiment": contract.experiment.model_copy(update={"base_model": str(tmp_path / "no-such-model")})})
     with pytest.raises(UserError):
         train_run(broken, service, datums, tmp_path / "run")
@@ -153,14 +159,31 @@ def test_permanent_failure_stops_at_once(tmp_path, base_dir, datums):
 
 def test_export_refuses_an_expired_checkpoint(tmp_path, base_dir, datums):
     contract = tiny_contract(tmp_path, base_dir)
-    service = LocalServiceClient(tmp_path / "svc")
+    service = local_service(LocalServiceClient(tmp_path / "svc"))
     records = train_run(contract, service, datums, tmp_path / "run")
     best = select_checkpoint(records)
     summary = {"condition": "all_layer", "seed": 0, "selected_step": best["step"], "val_nll": best["val_nll"],
                "state_path": best["state_path"], "expires_at": "2020-01-01T00:00:00+00:00"}
     with pytest.raises(UserError, match="expired"):
-        export.export_one(service, LocalRestClient(service.store), summary, tmp_path / "export")
+        export.export_one(contract, service, summary, tmp_path / "export")
     summary["expires_at"] = best["expires_at"]
-    exported = export.export_one(service, LocalRestClient(service.store), summary, tmp_path / "export")
+    exported = export.export_one(contract, service, summary, tmp_path / "export")
     assert exported["lora_r"] == 4 and exported["adapter_bytes"] > 0
     assert exported["sampler_path"].startswith("tinker://") and "/sampler_weights/" in exported["sampler_path"]
+
+
+class _Raises:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def result(self):
+        raise self.exc
+
+
+def test_settle_waits_through_failures_but_not_through_ctrl_c():
+    from loraexp.local_tinker.errors import status_error
+    from loraexp.service.retry import settle
+
+    settle(_Raises(status_error(tinker.InternalServerError, 500, "boom")), _Raises(ValueError("x")))  # waited on, read later
+    with pytest.raises(KeyboardInterrupt):
+        settle(_Raises(KeyboardInterrupt()))

@@ -6,8 +6,8 @@ import pytest
 
 from loraexp.contracts import load_contract
 from loraexp.errors import UserError
-from loraexp.training import select_checkpoint
-from loraexp.schedule import LrSchedule, batch_indices, cadence_steps, make_plan, steps_per_epoch
+from loraexp.training.loop import select_checkpoint
+from loraexp.training.schedule import LrSchedule, batch_indices, cadence_steps, make_plan, steps_per_epoch
 
 REFERENCE = load_contract("configs/lora-and-friends.toml")
 TRAIN_ROWS = 25_348  # reference split: 25,348 train / 2,818 validation

@@ -1,4 +1,4 @@
-"""Run directories, atomic writes, per-row JSONL and the manifest that marks a stage done.
+"""Run directories: the one rule for opening or reusing a run, the lock that keeps two processes apart, the manifest.
 
 Layout: `<artifacts_dir>/results/<run_id>/` with fixed file names. `contract.json` is written when a
 run starts (so an unfinished run can still be checked against the contract), `manifest.json` last
@@ -7,157 +7,33 @@ and atomically: its presence with `status: pass` is the only proof that a stage 
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
+import fcntl
+import functools
 import importlib.metadata
 import logging
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Iterable, Literal
 
 import orjson
 
 from loraexp.contracts import Contract
 from loraexp.errors import UserError
+from loraexp.files import file_sha256, now_utc, read_json, redact, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 IfExists = Literal["resume", "overwrite", "fail"]
 MANIFEST = "manifest.json"
 CONTRACT_SNAPSHOT = "contract.json"
-SECRET_ENV_VARS = ("TINKER_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 VERSIONED_PACKAGES = (
     "loraexp", "tinker", "tinker-cookbook", "torch", "transformers", "peft", "datasets",
     "tokenizers", "math-verify", "pydantic", "orjson", "numpy",
 )
-
-
-def now_utc() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def json_bytes(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temp file + rename, so a reader never sees half a file."""
-    write_bytes_atomic(path, json_bytes(obj) + b"\n")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise UserError(f"missing file {path}: run the stage that writes it first") from None
-    except orjson.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); delete it and rerun the stage that writes it") from None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def repair_jsonl(path: Path) -> int:
-    """Cut a torn last line (a crash mid-write) off a JSONL file; return the number of bytes dropped."""
-    if not path.exists():
-        return 0
-    data = path.read_bytes()
-    good_end = len(data)
-    if data and not data.endswith(b"\n"):
-        good_end = data.rfind(b"\n") + 1
-    else:
-        last_start = data.rfind(b"\n", 0, max(len(data) - 1, 0)) + 1
-        try:
-            if data[last_start:].strip():
-                orjson.loads(data[last_start:])
-        except orjson.JSONDecodeError:
-            good_end = last_start
-    dropped = len(data) - good_end
-    if dropped:
-        log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted write", path, dropped)
-        with path.open("r+b") as handle:
-            handle.truncate(good_end)
-    return dropped
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """All rows of a JSONL file written by loraexp (a torn last line is repaired first)."""
-    return list(iter_jsonl(path))
-
-
-def iter_jsonl(path: Path) -> Iterator[dict]:
-    repair_jsonl(path)
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    yield orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    raise UserError(f"{path}:{number} is not valid JSON; the file is corrupt, rerun its stage with --if-exists overwrite") from None
-
-
-class JsonlWriter:
-    """Append-only JSONL, one orjson object per line, flushed after every row."""
-
-    def __init__(self, path: Path, mode: Literal["a", "w"] = "a"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if mode == "a":
-            repair_jsonl(path)
-        self.path = path
-        self._handle = path.open(mode + "b")
-
-    def write(self, row: dict) -> None:
-        self._handle.write(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-        self._handle.flush()
-
-    def write_many(self, rows: Iterable[dict]) -> None:
-        for row in rows:
-            self._handle.write(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-        self._handle.flush()
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> "JsonlWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    """Write a whole JSONL file atomically; return the row count."""
-    lines = [orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for row in rows]
-    write_bytes_atomic(path, b"".join(lines))
-    return len(lines)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -170,8 +46,9 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+@functools.cache
 def git_state() -> dict[str, Any]:
-    """Commit and dirty flag of the loraexp checkout, or nulls outside a git checkout."""
+    """Commit and dirty flag of the loraexp checkout, or nulls outside a git checkout (read once per process)."""
     source = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5)
@@ -181,26 +58,6 @@ def git_state() -> dict[str, Any]:
     if commit.returncode != 0:
         return {"commit": None, "dirty": None}
     return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-
-
-def redact(text: str) -> str:
-    """Replace the value of every secret environment variable in `text` by ***."""
-    for name in SECRET_ENV_VARS:
-        value = os.environ.get(name)
-        if value:
-            text = text.replace(value, "***")
-    return text
-
-
-def write_crash_log() -> Path:
-    """Save the current exception's traceback (secrets redacted) under artifacts/logs/; return the path."""
-    import traceback
-
-    directory = Path("artifacts") / "logs"
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"crash-{dt.datetime.now().strftime('%Y%m%dT%H%M%S%f')}.txt"
-    path.write_text(redact(traceback.format_exc()), encoding="utf-8")
-    return path
 
 
 def results_root(contract: Contract) -> Path:
@@ -260,6 +117,7 @@ class Run:
             **(extra or {}),
         }
         write_json_atomic(self.dir / MANIFEST, manifest)
+        unlock_run(self.contract, self.run_id)
         return manifest
 
 
@@ -297,34 +155,116 @@ def stale_inputs(run_dir: Path) -> list[str]:
     return stale
 
 
-def open_run(contract: Contract, stage: str, run_id: str, if_exists: IfExists = "resume", override: bool = False) -> Run:
-    """Create or reopen `<artifacts>/results/<run_id>` for a stage, enforcing the contract and the policy.
+def why_redo(run_dir: Path, inputs: Iterable[Path], fingerprint: dict[str, Any]) -> list[str]:
+    """Why a finished run no longer stands for what would be computed now (empty: reuse it).
 
-    - a run made under another contract is refused unless `override` (recorded as protocol_mode: override);
-    - `fail` refuses any existing run, `overwrite` wipes it, `resume` keeps what is there.
+    Three reasons, one rule for every stage: it was made from other input runs (another --data-run,
+    say), a file it read from an input run changed since, or something outside the artifacts that the
+    stage fingerprints (a decisions file, a source dataset's revision) changed.
     """
+    manifest = read_json(run_dir / MANIFEST)
+    recorded = manifest.get("inputs") or {}
+    reasons = [f"it was made from other input runs than {path.name}" for path in inputs if path.name not in recorded]
+    reasons += [f"{name} changed" for name in stale_inputs(run_dir)]
+    reasons += [f"{key} changed" for key, value in fingerprint.items() if manifest.get(key) != value]
+    return reasons
+
+
+def open_run(contract: Contract, stage: str, run_id: str, if_exists: IfExists = "resume", override: bool = False,
+             inputs: Iterable[Path] = (), fingerprint: dict[str, Any] | None = None) -> "Run | None":
+    """Open `<artifacts>/results/<run_id>` for a stage, or return None when its finished run can be reused.
+
+    The one rule, for every stage and every run:
+    - another process writing this run: refused (see `lock_run`);
+    - `fail`: refused when anything is there; `overwrite`: wiped and started again;
+    - made under another contract: refused unless `override` (recorded as protocol_mode: override);
+    - finished, and nothing in `why_redo` (input runs, their files, `fingerprint`): reused (None);
+    - finished but stale: wiped and redone, saying why; unfinished: resumed from what is there.
+    """
+    inputs, fingerprint = list(inputs), fingerprint or {}
     run_dir = results_root(contract) / run_id
+    lock_run(contract, run_id)
     if run_dir.exists() and any(run_dir.iterdir()):
         if if_exists == "fail":
             raise UserError(f"run {run_id} already exists at {run_dir}; pass --if-exists resume or --if-exists overwrite")
-        if if_exists == "resume" and is_finished(run_dir) and (changed := stale_inputs(run_dir)):
-            log.info("%s: inputs changed since it finished (%s); rerunning", run_id, ", ".join(changed[:3]))
+        recorded = _recorded_contract_sha(run_dir)
+        if if_exists == "overwrite":
             shutil.rmtree(run_dir)
-        elif if_exists == "overwrite":
+        elif recorded and recorded != contract.sha256 and not override:
+            raise UserError(
+                f"run {run_id} was made under contract {recorded[:12]}, not this one ({contract.sha256[:12]}); "
+                "use another --run-id, --if-exists overwrite, or --override to mix them on purpose"
+            )
+        elif is_finished(run_dir):
+            reasons = why_redo(run_dir, inputs, fingerprint)
+            if not reasons:
+                log.info("%s: %s already finished with unchanged inputs (pass --if-exists overwrite to redo it)", stage, run_id)
+                unlock_run(contract, run_id)
+                return None
+            log.info("%s: redoing %s: %s", stage, run_id, "; ".join(reasons[:3]))
             shutil.rmtree(run_dir)
-        else:
-            recorded = _recorded_contract_sha(run_dir)
-            if recorded and recorded != contract.sha256 and not override:
-                raise UserError(
-                    f"run {run_id} was made under contract {recorded[:12]}, not this one ({contract.sha256[:12]}); "
-                    "use another --run-id, --if-exists overwrite, or --override to mix them on purpose"
-                )
     run_dir.mkdir(parents=True, exist_ok=True)
     mode = "override" if override else "strict"
     snapshot = run_dir / CONTRACT_SNAPSHOT
     if not snapshot.exists() or override:
         write_json_atomic(snapshot, {"stage": stage, "contract_sha256": contract.sha256, "contract": contract.model_dump(mode="json")})
     return Run(stage=stage, run_id=run_id, dir=run_dir, contract=contract, protocol_mode=mode)
+
+
+class RunLocked(UserError):
+    """Another live process holds the run's lock."""
+
+
+_HELD_LOCKS: dict[Path, int] = {}  # lock file -> open fd, for the runs this process is writing
+
+
+def _lock_path(contract: Contract, run_id: str) -> Path:
+    # beside the results, not inside the run dir: an overwrite deletes the run dir while the lock is held
+    return Path(contract.experiment.artifacts_dir) / "locks" / f"{run_id}.lock"
+
+
+def lock_run(contract: Contract, run_id: str) -> None:
+    """Take the run's lock for this process, or refuse in one line naming the process that holds it.
+
+    An flock on `<artifacts>/locks/<run_id>.lock`: the kernel drops it when its process dies, kill -9
+    included, so a lock left by a killed run is simply taken over by the next one.
+    """
+    path = _lock_path(contract, run_id)
+    if path in _HELD_LOCKS:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_holder(fd)
+        os.close(fd)
+        pid = holder.get("pid", "?")
+        raise RunLocked(f"run {run_id} is being written by another loraexp process (pid {pid}: {holder.get('command', '?')}); "
+                        f"wait for it to finish, or stop it (kill {pid}), then rerun") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, orjson.dumps({"pid": os.getpid(), "command": redact(" ".join(sys.argv)), "since": now_utc()}))
+    _HELD_LOCKS[path] = fd
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        return orjson.loads(os.pread(fd, 4096, 0))
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+
+
+def unlock_run(contract: Contract, run_id: str) -> None:
+    fd = _HELD_LOCKS.pop(_lock_path(contract, run_id), None)
+    if fd is not None:
+        os.close(fd)  # closing the last fd of the open file releases the flock
+
+
+def release_locks() -> None:
+    """Release every run lock this process holds (the end of a command)."""
+    for fd in _HELD_LOCKS.values():
+        os.close(fd)
+    _HELD_LOCKS.clear()
 
 
 def find_finished_run(contract: Contract, run_id: str, stage: str, override: bool = False) -> Path:
@@ -339,6 +279,15 @@ def find_finished_run(contract: Contract, run_id: str, stage: str, override: boo
             f"not this one ({contract.sha256[:12]}); rerun `loraexp {stage}` or pass --override"
         )
     return run_dir
+
+
+def input_run_of(run_dir: Path, stage: str) -> Path | None:
+    """The input run of `run_dir` that `stage` made (e.g. the build-data run a render run was made from)."""
+    for input_id in (read_json(run_dir / MANIFEST).get("inputs") or {}):
+        candidate = run_dir.parent / input_id
+        if is_finished(candidate) and read_json(candidate / MANIFEST).get("stage") == stage:
+            return candidate
+    return None
 
 
 def run_id_for(contract: Contract, stage: str, *parts: str | int) -> str:
@@ -369,3 +318,20 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         info["mtime"] = run_dir.stat().st_mtime
         runs.append(info)
     return runs
+
+
+def require_hf_token() -> None:
+    if not os.environ.get("HF_TOKEN"):
+        raise UserError("--push-to-hub needs HF_TOKEN in the environment (a write token from huggingface.co/settings/tokens)")
+
+
+def push_to_hub(folder: Path, repo: str, repo_type: str, path_in_repo: str | None = None) -> None:
+    """Upload `folder` to a Hugging Face `repo_type` ("dataset" or "model") repo; needs network and HF_TOKEN."""
+    require_hf_token()
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, repo_type=repo_type, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), path_in_repo=path_in_repo, repo_id=repo, repo_type=repo_type,
+                      commit_message=f"loraexp: {folder.name} with its manifests and checksums")
+    log.info("pushed %s to https://huggingface.co/%s%s", folder, "datasets/" if repo_type == "dataset" else "", repo)

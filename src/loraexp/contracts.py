@@ -10,10 +10,17 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from loraexp.errors import UserError
 
@@ -24,6 +31,24 @@ EpochOrder = Literal["file", "shuffle"]
 
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # Fields added after contracts were first released: left out of the hash while at their default, so
+    # upgrading loraexp never changes the SHA-256 of an existing contract (users have week-long runs in flight).
+    LATER_FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    def hash_dump(self) -> dict[str, Any]:
+        """The JSON form the contract hash is taken over: every field, except later fields still at their default."""
+        dumped = {}
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            if name in self.LATER_FIELDS and value == info.get_default(call_default_factory=True):
+                continue
+            if isinstance(value, Section):
+                dumped[name] = value.hash_dump()
+            elif isinstance(value, tuple) and value and all(isinstance(item, Section) for item in value):
+                dumped[name] = [item.hash_dump() for item in value]
+            else:
+                dumped[name] = self.model_dump(mode="json", include={name})[name]
+        return dumped
 
 
 class ExperimentSection(Section):
@@ -171,15 +196,23 @@ class Contract(Section):
     decision: DecisionSection = DecisionSection()
     prices: PricesSection = PricesSection()
 
+    _source_path: Path | None = PrivateAttr(None)  # the TOML file it was loaded from (not part of the contract)
+
     @property
     def sha256(self) -> str:
         """Hash of the canonical JSON form: equal contracts hash equal whatever the TOML layout."""
-        return hashlib.sha256(orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+        return hashlib.sha256(orjson.dumps(self.hash_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
-    def section_sha256(self, *names: str) -> str:
-        """Hash of some sections only (e.g. eval + render for the evaluation contract)."""
-        part = {name: getattr(self, name).model_dump(mode="json") for name in names}
-        return hashlib.sha256(orjson.dumps(part, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    def resolve_path(self, value: str) -> Path:
+        """A file the contract names: absolute, or found from the current directory, else from the contract file's
+        folder or the folder above it (so `configs/decisions/demo.jsonl` resolves from any directory)."""
+        path = Path(value).expanduser()
+        if path.is_absolute() or path.exists() or self._source_path is None:
+            return path
+        for base in (self._source_path.parent, self._source_path.parent.parent):
+            if (base / path).exists():
+                return base / path
+        return path
 
     def condition(self, name: str) -> LoraCondition:
         for condition in self.lora.conditions:
@@ -209,6 +242,8 @@ def load_contract(path: str | Path) -> Contract:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return Contract.model_validate(raw)
+        contract = Contract.model_validate(raw)
     except ValidationError as exc:
         raise UserError(_error_line(exc, path)) from None
+    contract._source_path = path.resolve()
+    return contract

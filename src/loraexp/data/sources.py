@@ -29,10 +29,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from loraexp.answers import gsm8k_reference
 from loraexp.contracts import Contract, DataSection
-from loraexp.data.demo import generate_benchmark_rows, generate_omi2_rows
+from loraexp.demo.data import generate_benchmark_rows, generate_omi2_rows
 from loraexp.errors import UserError
+from loraexp.scoring.answers import gsm8k_reference
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,17 @@ def _hf_load(dataset_id: str, config: str | None, split: str):
             f"could not load HF dataset {dataset_id!r} (config {config!r}, split {split!r}): {type(exc).__name__}: {first_line[:200]}; "
             "check the id and split, the network / HF cache, or point the source at a local .jsonl/.parquet file"
         ) from None
+
+
+def hf_fingerprint(dataset_id: str, config: str | None, split: str) -> dict:
+    """What identifies the HF dataset revision `load_dataset` resolves to now: its fingerprint and cache folder.
+
+    Both change when the upstream files change (a new revision on the Hub, or edited files of a local
+    dataset dir), so a build made from another revision is redone instead of reused.
+    """
+    dataset = _hf_load(dataset_id, config, split)
+    cache_files = dataset.cache_files
+    return {"fingerprint": dataset._fingerprint, "revision_dir": Path(cache_files[0]["filename"]).parent.name if cache_files else None}
 
 
 def load_benchmark(contract: Contract) -> list[dict]:

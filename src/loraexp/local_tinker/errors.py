@@ -44,9 +44,3 @@ def completed_future(work: Callable[[], T]) -> AwaitableConcurrentFuture[T]:
     except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future, as the SDK does
         future.set_exception(exc)
     return AwaitableConcurrentFuture(future)
-
-
-def failed_future(exc: BaseException) -> AwaitableConcurrentFuture:
-    future: concurrent.futures.Future = concurrent.futures.Future()
-    future.set_exception(exc)
-    return AwaitableConcurrentFuture(future)

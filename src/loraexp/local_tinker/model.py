@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import tinker
 import torch
 import torch.nn.functional as F
-import tinker
 
-from loraexp.errors import UserError
-from loraexp.local_tinker.errors import bad_request
+from loraexp.local_tinker.errors import bad_request, not_found
 
-DEMO_BASE_MODEL = "loraexp/tiny-qwen3-demo"
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 UNEMBED_MODULES = ("lm_head",)
@@ -51,19 +49,6 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def resolve_base_model(name: str, cache_root: Path) -> str:
-    """`loraexp/tiny-qwen3-demo` -> the demo base built offline under cache_root; else a local dir or HF id."""
-    if name == DEMO_BASE_MODEL:
-        from loraexp.demo_model import ensure_demo_base
-
-        return str(ensure_demo_base(cache_root))
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise UserError(f"base model directory {name} does not exist; set experiment.base_model to an existing HF model dir, an HF id, or {DEMO_BASE_MODEL!r}")
-    return name
-
-
 def load_base_model(source: str, device: torch.device) -> torch.nn.Module:
     """The causal LM in eval mode (no dropout): fp32 on CPU for exact resumes, bf16 on a GPU."""
     import transformers
@@ -73,10 +58,8 @@ def load_base_model(source: str, device: torch.device) -> torch.nn.Module:
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise UserError(
-            f"cannot load base model {source!r} ({str(exc).splitlines()[0]}); set experiment.base_model to a local HF model dir, "
-            f"a Hub id already in the HF cache (huggingface-cli download {source}), or {DEMO_BASE_MODEL!r}"
-        ) from None
+        raise not_found(f"cannot load base model {source!r} ({str(exc).splitlines()[0]}); give a local HF model dir "
+                        f"or a Hub id already in the HF cache (huggingface-cli download {source})", "create_model") from None
     return model.to(device).eval()
 
 

@@ -24,26 +24,31 @@ from tinker.lib.public_interfaces.api_future import APIFuture, AwaitableConcurre
 
 from loraexp.local_tinker import model as lora
 from loraexp.local_tinker.errors import bad_request, completed_future
+from loraexp.local_tinker.numerics import warm_up_vector_math
 from loraexp.local_tinker.sampling import LocalSamplingClient
 from loraexp.local_tinker.store import METADATA, CheckpointStore, Clock, utc_now
 from loraexp.local_tinker.training import LocalTrainingClient
-from loraexp.numerics import warm_up_vector_math
 
 EXTERNAL_URL_SECONDS = 3600  # how long get_external_weights_urls' links are declared valid
 
 
 class LocalServiceClient:
-    """The in-process service: training runs and checkpoints under `root`, base models cached under `cache_root`."""
+    """The in-process service: training runs and checkpoints under `root`.
 
-    def __init__(self, root: Path | str, cache_root: Path | str | None = None, clock: Clock = utc_now, device: torch.device | None = None):
-        warm_up_vector_math()  # before any worker thread runs the model (see loraexp.numerics)
+    `resolve_model` maps a base model name to what `from_pretrained` reads (default: the name itself,
+    a local dir or an HF id); the caller uses it to build models the client should not know about.
+    """
+
+    def __init__(self, root: Path | str, clock: Clock = utc_now, device: torch.device | None = None,
+                 resolve_model: Callable[[str], str] | None = None):
+        warm_up_vector_math()  # before any worker thread runs the model (see local_tinker/numerics.py)
         self.root = Path(root)
-        self.cache_root = Path(cache_root) if cache_root is not None else self.root / "cache"
         self.store = CheckpointStore(self.root, clock)
         self.device = device or lora.default_device()
         self.session_id = uuid.uuid4().hex[:8]
         self._run_numbers = itertools.count()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-tinker-loader")
+        self._resolve_model = resolve_model or (lambda name: name)  # base model name -> what from_pretrained reads
         self._sources: dict[str, str] = {}
         self._sources_lock = threading.Lock()
 
@@ -95,7 +100,7 @@ class LocalServiceClient:
     def _source(self, base_model: str) -> str:
         with self._sources_lock:
             if base_model not in self._sources:
-                self._sources[base_model] = lora.resolve_base_model(base_model, self.cache_root)
+                self._sources[base_model] = self._resolve_model(base_model)
             return self._sources[base_model]
 
     # ---- sampling clients ------------------------------------------------------------------------

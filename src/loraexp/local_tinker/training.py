@@ -150,7 +150,3 @@ class LocalTrainingClient:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(self.spec.base_source)
-
-    def lora_parameter_count(self) -> int:
-        """Trainable LoRA parameters (a local extension: the SDK does not report it)."""
-        return self._submit(lambda: sum(p.numel() for p in lora.trainable_parameters(self._model))).result()

@@ -16,12 +16,13 @@ import logging
 import random
 import re
 from collections import Counter, defaultdict
-from pathlib import Path
 
-from loraexp.answers import as_decimal, find_boxed, normalize, strict_equal
-from loraexp.artifacts import MANIFEST, Run, read_jsonl, write_json_atomic, write_jsonl, write_text_atomic
-from loraexp.contracts import Contract, DataSection
-from loraexp.text import first_phrase
+from loraexp.artifacts import Run
+from loraexp.contracts import DataSection
+from loraexp.data.text import first_phrase
+from loraexp.files import read_jsonl, write_json_atomic, write_jsonl, write_text_atomic
+from loraexp.scoring.answers import as_decimal, find_boxed, normalize, strict_equal
+from loraexp.session import Session, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,13 @@ FINISHED_ENDING = re.compile(r"([.!?:)\]}$]|\\\]|\\\))\s*$")
 OUTPUTS = ("audit_report.json", "review_suspicious.jsonl", "review_suspicious.md", "review_random.jsonl", "review_random.md")
 
 
-def run(contract: Contract, run: Run, data_dir: Path) -> dict:
-    """Check every kept row of the build-data run in `data_dir`; write the report and both review packs."""
-    (run.dir / MANIFEST).unlink(missing_ok=True)
+def run(session: Session, data_run: str | None = None, run_id: str | None = None) -> StageResult:
+    """Check every kept row of a build-data run; write the report and both review packs."""
+    contract, result = session.contract, StageResult("audit")
+    data_dir = session.finished_run("build-data", data_run)
+    run = session.begin(result, run_id, inputs=[data_dir])
+    if run is None:
+        return result
     rows = [{**row, "split": "train"} for row in read_jsonl(data_dir / "train.jsonl")]
     rows += [{**row, "split": "val"} for row in read_jsonl(data_dir / "val.jsonl")]
     rejects = read_jsonl(data_dir / "rejects.jsonl")
@@ -49,16 +54,17 @@ def run(contract: Contract, run: Run, data_dir: Path) -> dict:
     report = summarize(rows, flags, rejects, data_dir.name)
     write_json_atomic(run.path("audit_report.json"), report)
     size = contract.render.audit_review_rows
-    suspicious = suspicious_pack(rows, flags, size)
-    random_pack = random_sample(rows, flags, size, contract.data.split_seed)
     decisions_file = contract.data.decisions_file or "data.decisions_file"
-    write_pack(run, "review_suspicious", suspicious, "Suspicious review pack", "rows flagged by the automatic checks, most flags first", decisions_file)
-    write_pack(run, "review_random", random_pack, "Random review pack", f"a seeded random sample (seed {contract.data.split_seed}) of the kept rows", decisions_file)
+    write_pack(run, "review_suspicious", suspicious_pack(rows, flags, size), "Suspicious review pack", "rows flagged by the automatic checks, most flags first", decisions_file)
+    write_pack(run, "review_random", random_sample(rows, flags, size, contract.data.split_seed), "Random review pack",
+               f"a seeded random sample (seed {contract.data.split_seed}) of the kept rows", decisions_file)
     run.add_input(data_dir, ["train.jsonl", "val.jsonl", "rejects.jsonl"])
     flagged = sum(1 for row_flags_ in flags.values() if row_flags_)
     log.info("audit of %s: %d rows, %d flagged (%s)", data_dir.name, len(rows), flagged,
              ", ".join(f"{name} {check['count']}" for name, check in report["checks"].items() if check["count"]) or "nothing")
-    return run.finish(OUTPUTS, key_figure={"rows": len(rows), "flagged": flagged, "rejects": len(rejects)}, extra={"data_run": data_dir.name})
+    run.finish(OUTPUTS, key_figure={"rows": len(rows), "flagged": flagged, "rejects": len(rejects)}, extra={"data_run": data_dir.name})
+    result.finished(run.run_id, f"{run.run_id}: {flagged} of {len(rows)} rows flagged; review {run.path('review_suspicious.md')} and {run.path('review_random.md')}")
+    return result
 
 
 def row_flags(row: dict, data: DataSection) -> list[str]:

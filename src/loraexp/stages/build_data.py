@@ -21,12 +21,18 @@ from pathlib import Path
 import orjson
 from tqdm import tqdm
 
-from loraexp.answers import last_boxed, strict_equal
-from loraexp.artifacts import MANIFEST, Run, file_sha256, write_jsonl
 from loraexp.contracts import Contract, DataSection
-from loraexp.data.sources import SourceRow, TrainingSource, load_training_source
+from loraexp.data.sources import (
+    SourceRow,
+    TrainingSource,
+    hf_fingerprint,
+    load_training_source,
+)
+from loraexp.data.text import canonical_problem_sha, first_phrase
 from loraexp.errors import UserError
-from loraexp.text import canonical_problem_sha, first_phrase
+from loraexp.files import file_sha256, write_jsonl
+from loraexp.scoring.answers import last_boxed, strict_equal
+from loraexp.session import Session, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +42,14 @@ OVERRULABLE = frozenset({"no_boxed", "boxed_mismatch", "suspicious_phrase", "pro
 OUTPUTS = ("train.jsonl", "val.jsonl", "rejects.jsonl")
 
 
-def run(contract: Contract, run: Run) -> dict:
-    """Build train/val/rejects from `data.source` under the contract's gate; return the manifest."""
-    data = contract.data
-    (run.dir / MANIFEST).unlink(missing_ok=True)  # a rebuild is unfinished until its new manifest lands
-    decisions, decisions_sha = load_decisions(data)
+def run(session: Session, run_id: str | None = None) -> StageResult:
+    """Build train/val/rejects from `data.source` under the contract's gate (reused while source and decisions are unchanged)."""
+    data, result = session.contract.data, StageResult("build-data")
+    decisions, decisions_sha = load_decisions(session.contract)
+    fingerprint = {"decisions_sha256": decisions_sha, "source_fingerprint": source_fingerprint(data)}
+    run = session.begin(result, run_id, fingerprint=fingerprint)
+    if run is None:
+        return result
     source = load_training_source(data)
     check_decisions_known(decisions, source, data)
     kept, rejects, manual = gate(source.rows, data, decisions)
@@ -50,54 +59,46 @@ def run(contract: Contract, run: Run) -> dict:
     train, val = grouped_split(kept, data.val_fraction, data.split_seed)
     write_jsonl(run.path("train.jsonl"), train)
     write_jsonl(run.path("val.jsonl"), val)
-    reject_counts = count_by_source_and_reason(rejects)
     log.info(
         "%s: %d rows, %d original-source rows in, %d kept -> %d train / %d val; %d rejected (%s)",
         source.name, source.rows_total, len(source.rows), len(kept), len(train), len(val), len(rejects),
         ", ".join(f"{reason} {n}" for reason, n in Counter(r["reason"] for r in rejects).most_common()),
     )
-    return run.finish(
+    run.finish(
         OUTPUTS,
         key_figure={"rows_in": len(source.rows), "kept": len(kept), "train": len(train), "val": len(val), "rejected": len(rejects)},
         extra={
+            **fingerprint,
             "source": {"name": source.name, "rows_total": source.rows_total, "problem_source_counts": dict(source.source_counts)},
-            "source_fingerprint": source_fingerprint(data),
-            "reject_counts": reject_counts,
+            "reject_counts": count_by_source_and_reason(rejects),
             "decisions_file": data.decisions_file,
-            "decisions_sha256": decisions_sha,
             "manual_decisions_applied": dict(manual),
             "split": split_summary(train, val),
         },
     )
+    result.finished(run.run_id, f"{run.run_id}: {len(source.rows)} rows in -> {len(kept)} kept -> {len(train)} train / {len(val)} val "
+                                f"({len(rejects)} rejected, see rejects.jsonl) in {run.dir}")
+    return result
 
 
 def source_fingerprint(data: DataSection) -> dict:
-    """What identifies the source beyond the contract: a local file's size and mtime (hashing 1.35 GB costs seconds)."""
+    """What identifies the source beyond the contract: a local file's size and mtime (hashing 1.35 GB costs seconds),
+    an HF dataset's resolved fingerprint (a new upstream revision changes it), the generator's settings for "demo"."""
     path = Path(data.source)
     if data.source != "demo" and path.is_file():
         stat = path.stat()
         return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return {"source": data.source, "split": data.split}
+    if data.source == "demo" or path.suffix in (".jsonl", ".parquet"):
+        return {"source": data.source, "split": data.split}  # the generator is in the contract; a missing file fails later
+    return {"source": data.source, "split": data.split, **hf_fingerprint(data.source, None, data.split)}
 
 
-def inputs_changed(contract: Contract, run: Run) -> list[str]:
-    """Inputs outside the contract that changed since this run finished: the decisions file, a local source file."""
-    if not run.finished:
-        return []
-    manifest = orjson.loads(run.path(MANIFEST).read_bytes())
-    changed = []
-    if manifest.get("decisions_sha256") != load_decisions(contract.data)[1]:
-        changed.append(f"decisions file {contract.data.decisions_file}")
-    if manifest.get("source_fingerprint") != source_fingerprint(contract.data):
-        changed.append(f"source {contract.data.source}")
-    return changed
-
-
-def load_decisions(data: DataSection) -> tuple[dict[str, dict], str | None]:
+def load_decisions(contract: Contract) -> tuple[dict[str, dict], str | None]:
     """The manual decisions {row_id: {decision, note}} and the file's SHA-256 (None when not configured)."""
+    data = contract.data
     if data.decisions_file is None:
         return {}, None
-    path = Path(data.decisions_file)
+    path = contract.resolve_path(data.decisions_file)
     if not path.is_file():
         where = "" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})"
         raise UserError(f"data.decisions_file {path} not found{where}; create it (an empty file is fine) or remove decisions_file from [data]")

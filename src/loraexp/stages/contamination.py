@@ -19,10 +19,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from loraexp.artifacts import MANIFEST, Run, list_runs, read_json, read_jsonl, results_root, stale_inputs, write_json_atomic
+from loraexp.artifacts import list_runs, results_root, stale_inputs
 from loraexp.contracts import Contract
+from loraexp.data.sources import load_benchmark
+from loraexp.data.text import (
+    canonical_for_contamination,
+    canonical_problem,
+    contamination_words,
+)
 from loraexp.errors import UserError
-from loraexp.text import canonical_for_contamination, canonical_problem, contamination_words
+from loraexp.files import read_json, read_jsonl, write_json_atomic
+from loraexp.session import Session, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +41,27 @@ FIX = (
 )
 
 
-def run(contract: Contract, run: Run, data_dir: Path, benchmark: list[dict]) -> dict:
-    """Check the build-data run in `data_dir` against `benchmark`; write report.json and the manifest."""
-    (run.dir / MANIFEST).unlink(missing_ok=True)
+def run(session: Session, data_run: str | None = None, run_id: str | None = None) -> StageResult:
+    """Check a build-data run against the benchmark; write report.json; a failed check is an error (it blocks train)."""
+    contract, result = session.contract, StageResult("contamination")
+    data_dir = session.finished_run("build-data", data_run)
+    run = session.begin(result, run_id, inputs=[data_dir])
+    if run is not None:
+        report = check(contract, data_dir, load_benchmark(contract))
+        write_json_atomic(run.path(REPORT), report)
+        run.add_input(data_dir, ["train.jsonl", "val.jsonl"])
+        split = report["train_val_overlap"]
+        key_figure = {"status": report["status"], "exact": report["exact_overlap"]["count"], "ngram": report["ngram_overlap"]["count"],
+                      "train_val": len(split["row_ids"]) + len(split["problems"])}
+        run.finish([REPORT], key_figure=key_figure, extra={"data_run": data_dir.name})
+        result.done.append(run.run_id)
+    report_path = require_contamination_pass(contract, data_dir.name)
+    result.lines.append(f"contamination: pass for {data_dir.name}; {report_path}")
+    return result
+
+
+def check(contract: Contract, data_dir: Path, benchmark: list[dict]) -> dict:
+    """The report: exact and n-gram overlap of the checked sources with the benchmark, train/validation overlap."""
     train, val = read_jsonl(data_dir / "train.jsonl"), read_jsonl(data_dir / "val.jsonl")
     checked_sources = set(contract.contamination.benchmark_sources)
     checked = [{**row, "split": side} for side, rows in (("train", train), ("val", val)) for row in rows if row["problem_source"] in checked_sources]
@@ -44,7 +69,9 @@ def run(contract: Contract, run: Run, data_dir: Path, benchmark: list[dict]) -> 
     near = ngram_overlap(checked, benchmark, contract.contamination.ngram)
     split = train_val_overlap(train, val)
     failed = bool(exact or split["row_ids"] or split["problems"])
-    report = {
+    log.log(logging.ERROR if failed else logging.INFO, "contamination of %s: %s (exact %d, %d-gram %d, train/val row ids %d, problems %d)",
+            data_dir.name, "fail" if failed else "pass", len(exact), contract.contamination.ngram, len(near), len(split["row_ids"]), len(split["problems"]))
+    return {
         "status": "fail" if failed else "pass",
         "data_run": data_dir.name,
         "benchmark": {"source": contract.benchmark.source, "split": contract.benchmark.split, "questions": len(benchmark), "questions_sha256": questions_sha256(benchmark)},
@@ -55,12 +82,6 @@ def run(contract: Contract, run: Run, data_dir: Path, benchmark: list[dict]) -> 
         "train_val_overlap": split,
         "fix": FIX if failed else None,
     }
-    write_json_atomic(run.path(REPORT), report)
-    run.add_input(data_dir, ["train.jsonl", "val.jsonl"])
-    log.log(logging.ERROR if failed else logging.INFO, "contamination of %s: %s (exact %d, %d-gram %d, train/val row ids %d, problems %d)",
-            data_dir.name, report["status"], len(exact), contract.contamination.ngram, len(near), len(split["row_ids"]), len(split["problems"]))
-    key_figure = {"status": report["status"], "exact": len(exact), "ngram": len(near), "train_val": len(split["row_ids"]) + len(split["problems"])}
-    return run.finish([REPORT], key_figure=key_figure, extra={"data_run": data_dir.name})
 
 
 def exact_overlap(checked: list[dict], benchmark: list[dict]) -> list[dict]:

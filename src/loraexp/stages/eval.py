@@ -1,8 +1,10 @@
 """eval: greedy generation on the benchmark under the frozen evaluation contract, strict + lenient scoring.
 
-The untouched base model is evaluated first (the baseline), then every exported checkpoint by its
-sampler path. Requests run concurrently (asyncio, `eval.concurrency` in flight); each finished
-example is one flushed row of predictions.jsonl, so an interrupted eval resumes without re-sampling.
+RUNBOOK step: the untouched base model is evaluated first (the baseline), then every exported
+checkpoint by its sampler path, each in its own run. Requests run concurrently (asyncio,
+`eval.concurrency` in flight); each finished example is one flushed row of predictions.jsonl, so an
+interrupted eval resumes without re-sampling. A fixed subset is sampled again to check that greedy
+decoding is deterministic on this backend.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ import orjson
 import tinker
 from tqdm import tqdm
 
-from loraexp.artifacts import JsonlWriter, Run, read_jsonl, write_json_atomic
-from loraexp.contracts import Contract
-from loraexp.errors import UserError
-from loraexp.scoring import score_lenient, score_strict
+from loraexp.artifacts import Run
 from loraexp.chat import generation_prompt_tokens, stop_token_id
-from loraexp.retry import SERVICE_ERRORS, MAX_ATTEMPTS, backoff_delay, call_with_retries, is_transient, permanent_error
-from loraexp.training import resolve
+from loraexp.contracts import Contract
+from loraexp.data.sources import load_benchmark
+from loraexp.errors import UserError
+from loraexp.files import JsonlWriter, read_json, read_jsonl, write_json_atomic
+from loraexp.scoring.scorers import score_lenient, score_strict, scorer_identity
+from loraexp.service import Service
+from loraexp.service.retry import Retry
+from loraexp.session import Session, StageResult
+from loraexp.tokenization import load_saved_tokenizer
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.jsonl"
@@ -35,7 +41,7 @@ def eval_contract(contract: Contract) -> dict:
         "eval": contract.eval.model_dump(mode="json"), "benchmark": contract.benchmark.model_dump(mode="json"),
         "system_prompt": contract.render.system_prompt, "enable_thinking": contract.render.enable_thinking,
         "tokenizer": contract.render.tokenizer, "base_model": contract.experiment.base_model,
-        "scorer": "strict: last \\boxed{} by brace depth, no fallback, contract normalizations, decimal equality; lenient: math-verify + comma/$/percent/unit tolerance",
+        "scorer": scorer_identity(),
     }
 
 
@@ -47,23 +53,8 @@ def _sha(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value)).hexdigest()
 
 
-def load_render_tokenizer(render_dir: Path) -> Any:
-    """The exact tokenizer (and chat template) the render stage used, saved in its run dir."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(render_dir / "tokenizer"))
-
-
 def sampling_params(contract: Contract, tokenizer: Any) -> tinker.SamplingParams:
     return tinker.SamplingParams(max_tokens=contract.eval.max_new_tokens, temperature=contract.eval.temperature, stop=[stop_token_id(tokenizer)])
-
-
-def sampling_client_for(service: Any, contract: Contract, sampler_path: str | None) -> Any:
-    """The base model's sampler for the baseline, or a checkpoint's by its sampler_weights path."""
-    if sampler_path is None:
-        return call_with_retries(lambda: resolve(service.create_sampling_client(base_model=contract.experiment.base_model)), "create_sampling_client (base model)")
-    what = f"create_sampling_client {sampler_path} (it must be a sampler_weights path: the sampler_path in exports.json)"
-    return call_with_retries(lambda: resolve(service.create_sampling_client(model_path=sampler_path)), what)
 
 
 def build_examples(contract: Contract, tokenizer: Any, benchmark: list[dict], limit: int | None) -> list[dict]:
@@ -77,21 +68,11 @@ def build_examples(contract: Contract, tokenizer: Any, benchmark: list[dict], li
     return examples
 
 
-async def _sample(client: Any, prompt: list[int], params: tinker.SamplingParams, gate: asyncio.Semaphore) -> tinker.SampledSequence:
+async def sample_one(client: Any, prompt: list[int], params: tinker.SamplingParams, gate: asyncio.Semaphore, retry: Retry) -> tinker.SampledSequence:
     """One greedy sample; transient failures (submit or completion) are retried with backoff, as samples are independent."""
     async with gate:
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                response = await client.sample(prompt=tinker.ModelInput.from_ints(prompt), num_samples=1, sampling_params=params)
-                return response.sequences[0]
-            except SERVICE_ERRORS as exc:
-                if not is_transient(exc):
-                    raise permanent_error(exc, "sample") from None
-                if attempt == MAX_ATTEMPTS:
-                    raise UserError(f"sample still failing after {MAX_ATTEMPTS} tries ({type(exc).__name__}); rerun the same command later to resume") from None
-                log.warning("sample: %s; retry %d in %.1f s", type(exc).__name__, attempt, backoff_delay(attempt))
-                await asyncio.sleep(backoff_delay(attempt))
-    raise AssertionError("unreachable")
+        response = await retry.acall(lambda: client.sample(prompt=tinker.ModelInput.from_ints(prompt), num_samples=1, sampling_params=params), "sample")
+        return response.sequences[0]
 
 
 def prediction_row(example: dict, sequence: tinker.SampledSequence, tokenizer: Any) -> dict:
@@ -109,12 +90,13 @@ def prediction_row(example: dict, sequence: tinker.SampledSequence, tokenizer: A
     }
 
 
-async def generate_all(client: Any, examples: list[dict], params: tinker.SamplingParams, tokenizer: Any, writer: JsonlWriter, concurrency: int, label: str, progress: bool) -> None:
+async def generate_all(client: Any, examples: list[dict], params: tinker.SamplingParams, tokenizer: Any, writer: JsonlWriter, concurrency: int,
+                       label: str, progress: bool, retry: Retry) -> None:
     """Sample every pending example with `concurrency` requests in flight; write each row as it finishes."""
     gate = asyncio.Semaphore(concurrency)
 
     async def sample(example: dict) -> tuple[dict, tinker.SampledSequence]:
-        return example, await _sample(client, example["prompt"], params, gate)
+        return example, await sample_one(client, example["prompt"], params, gate, retry)
 
     correct = done = 0
     with tqdm(total=len(examples), desc=label, unit="q", disable=None if progress else True, leave=False) as bar:
@@ -131,10 +113,11 @@ async def generate_all(client: Any, examples: list[dict], params: tinker.Samplin
             bar.set_postfix(acc=f"{correct / done:.3f}")
 
 
-async def check_determinism(client: Any, examples: list[dict], rows_by_id: dict[str, dict], params: tinker.SamplingParams, tokenizer: Any, concurrency: int) -> dict:
+async def check_determinism(client: Any, examples: list[dict], rows_by_id: dict[str, dict], params: tinker.SamplingParams, tokenizer: Any,
+                            concurrency: int, retry: Retry) -> dict:
     """Re-sample a fixed subset and compare with the recorded generations (greedy must agree)."""
     gate = asyncio.Semaphore(concurrency)
-    sequences = await asyncio.gather(*(_sample(client, ex["prompt"], params, gate) for ex in examples))
+    sequences = await asyncio.gather(*(sample_one(client, ex["prompt"], params, gate, retry) for ex in examples))
     disagreements = [ex["example_id"] for ex, seq in zip(examples, sequences)
                      if tokenizer.decode(seq.tokens, skip_special_tokens=True) != rows_by_id[ex["example_id"]]["generated_text"]]
     checked = len(examples)
@@ -165,7 +148,56 @@ def summarize(contract: Contract, rows: list[dict], model: dict, determinism: di
     }
 
 
-def run(contract: Contract, service: Any, run: Run, tokenizer: Any, benchmark: list[dict], model: dict, limit: int | None = None, progress: bool = True) -> dict:
+def run(session: Session, condition: str | None = None, seed: int | None = None, checkpoint: str | None = None, baseline_only: bool = False,
+        limit: int | None = None, render_run: str | None = None) -> StageResult:
+    """Evaluate the baseline first, then every exported checkpoint (or the one `checkpoint`), each in its own run."""
+    contract, result = session.contract, StageResult("eval")
+    check_flags(contract, condition, seed, checkpoint, limit)
+    render_dir = session.finished_run("render", render_run)
+    models, export_dir = models_to_evaluate(session, condition, seed, checkpoint, baseline_only)
+    tokenizer, benchmark = load_saved_tokenizer(render_dir), load_benchmark(contract)
+    for model in models:
+        parts = ["baseline"] if model["seed"] is None else [model["condition"], f"seed{model['seed']}"]
+        run_id = session.run_id("eval", *parts) + (f"-probe{limit}" if limit else "")
+        inputs = [render_dir] + ([export_dir] if export_dir and model["seed"] is not None else [])
+        run = session.begin(result, run_id, inputs=inputs)
+        if run is None:
+            continue
+        run.add_input(render_dir, ["tokenizer/tokenizer.json"])
+        if export_dir and model["seed"] is not None:
+            run.add_input(export_dir, ["exports.json"])
+        summary = evaluate(contract, session.service.tagged("eval", run_id), run, tokenizer, benchmark, model, limit, session.progress)
+        result.finished(run_id, f"{run_id}: strict accuracy {summary['strict_accuracy']:.4f} ({summary['correct']}/{summary['total']}), "
+                                f"lenient {summary['lenient_accuracy']:.4f}")
+    return result
+
+
+def check_flags(contract: Contract, condition: str | None, seed: int | None, checkpoint: str | None, limit: int | None) -> None:
+    if checkpoint and (condition is None or seed is None):
+        raise UserError("--checkpoint needs --condition and --seed, so the predictions are filed under the right run")
+    if checkpoint and not checkpoint.startswith("tinker://"):
+        raise UserError("--checkpoint must be a tinker://<run>/sampler_weights/<name> path (the sampler_path in the export run's exports.json)")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be a positive number of questions (got {limit}); leave it out to evaluate the whole benchmark")
+    if condition is not None:
+        contract.condition(condition)
+
+
+def models_to_evaluate(session: Session, condition: str | None, seed: int | None, checkpoint: str | None, baseline_only: bool) -> tuple[list[dict], Path | None]:
+    """The baseline (the untouched base model) first, then the exported checkpoints asked for; and the export run they come from."""
+    baseline = {"condition": "baseline", "seed": None, "sampler_path": None}
+    if checkpoint:
+        return [{"condition": condition, "seed": seed, "sampler_path": checkpoint}], None
+    if baseline_only:
+        return [baseline], None
+    export_dir = session.finished_run("export")
+    exports = read_json(export_dir / "exports.json")["checkpoints"]
+    return [baseline] + [{"condition": e["condition"], "seed": e["seed"], "sampler_path": e["sampler_path"], "step": e["step"]}
+                         for e in exports if (condition is None or e["condition"] == condition) and (seed is None or e["seed"] == seed)], export_dir
+
+
+def evaluate(contract: Contract, service: Service, run: Run, tokenizer: Any, benchmark: list[dict], model: dict, limit: int | None = None,
+             progress: bool = True) -> dict:
     """Evaluate one model (baseline: sampler_path None) on the benchmark; resume from predictions.jsonl."""
     examples = build_examples(contract, tokenizer, benchmark, limit if limit is not None else contract.eval.limit)
     if not examples:
@@ -174,14 +206,14 @@ def run(contract: Contract, service: Any, run: Run, tokenizer: Any, benchmark: l
     pending = [ex for ex in examples if ex["example_id"] not in done]
     if done:
         log.info("%s: resuming, %d of %d examples already scored", run.run_id, len(done), len(examples))
-    client = sampling_client_for(service, contract, model.get("sampler_path"))
+    client = service.sampling_client(model_path=model.get("sampler_path"), base_model=contract.experiment.base_model)
     params = sampling_params(contract, tokenizer)
     with JsonlWriter(run.path(PREDICTIONS)) as writer:
-        asyncio.run(generate_all(client, pending, params, tokenizer, writer, contract.eval.concurrency, run.run_id, progress))
+        asyncio.run(generate_all(client, pending, params, tokenizer, writer, contract.eval.concurrency, run.run_id, progress, service.retry))
     rows_by_id = {row["example_id"]: row for row in read_jsonl(run.path(PREDICTIONS))}
     rows = [rows_by_id[ex["example_id"]] for ex in examples]
     subset = examples[: contract.eval.determinism_subset]
-    determinism = asyncio.run(check_determinism(client, subset, rows_by_id, params, tokenizer, contract.eval.concurrency))
+    determinism = asyncio.run(check_determinism(client, subset, rows_by_id, params, tokenizer, contract.eval.concurrency, service.retry))
     summary = summarize(contract, rows, model, determinism)
     write_json_atomic(run.path("summary.json"), summary)
     run.finish([PREDICTIONS, "summary.json"], key_figure={"accuracy": summary["strict_accuracy"], "lenient": summary["lenient_accuracy"]})

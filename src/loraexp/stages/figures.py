@@ -12,11 +12,19 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from loraexp.analysis import Inputs, all_evals, compare, disagreement_examples, load_inputs
-from loraexp.artifacts import Run, file_sha256, git_state, now_utc, write_json_atomic, write_text_atomic
+from loraexp.analysis.comparison import (
+    Inputs,
+    all_evals,
+    compare,
+    disagreement_examples,
+    load_inputs,
+)
+from loraexp.analysis.plots import FIGURES, save_figure
+from loraexp.analysis.report import render_report
+from loraexp.artifacts import Run, git_state
 from loraexp.contracts import Contract
-from loraexp.plots import FIGURES, save_figure
-from loraexp.report import render_report
+from loraexp.files import file_sha256, now_utc, write_json_atomic, write_text_atomic
+from loraexp.session import Session, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +36,21 @@ FIGURE_SOURCES = {
 }
 
 
-def run(contract: Contract, run: Run, override: bool = False) -> dict:
+def run(session: Session, run_id: str | None = None) -> StageResult:
     """Load the finished input runs, compute every number, draw the eight figures, write the report."""
-    inputs = load_inputs(contract, override)
+    result = StageResult("figures")
+    inputs = load_inputs(session)
+    run = session.begin(result, run_id, inputs=[session.results / name for name in inputs.files_read])
+    if run is None:
+        return result
+    paired = draw_all(session.contract, run, inputs)["comparison"]
+    result.finished(run.run_id, f"{run.run_id}: {paired['decision']} (gap {paired['gap_points']:+.2f} points, pooled McNemar p={paired['pooled']['mcnemar_p']:.3g}); "
+                                f"report at {run.path('report.md')}")
+    return result
+
+
+def draw_all(contract: Contract, run: Run, inputs: Inputs) -> dict:
+    """comparison.json, fig_01..fig_08 and report.md in the run dir, then the manifest; returns the comparison."""
     for run_name, files in inputs.files_read.items():
         run.add_input(run.dir.parent / run_name, files)
     comparison = compare(contract, inputs)

@@ -11,14 +11,24 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import tinker
 
-from loraexp.artifacts import IfExists, Run, is_finished, open_run, read_json, write_json_atomic
+from loraexp.artifacts import Run
 from loraexp.contracts import Contract, LoraCondition, RequestShape
-from loraexp.training import CHECKPOINTS, METRICS, LoopState, TrainingLoop, load_datums, new_training_client, restart_on_in_flight_failure, train_with_resume
-from loraexp.schedule import LoopPlan, make_plan
+from loraexp.files import read_json, write_json_atomic
+from loraexp.service import Service
+from loraexp.session import Session, StageResult
+from loraexp.training.loop import (
+    CHECKPOINTS,
+    METRICS,
+    LoopState,
+    TrainingLoop,
+    load_datums,
+    train_with_resume,
+)
+from loraexp.training.schedule import LoopPlan, make_plan
 
 log = logging.getLogger(__name__)
 REQUEST_SHAPES: tuple[RequestShape, ...] = ("single_datum_calls", "batched_datums", "batched_datums_pipelined")
@@ -32,23 +42,27 @@ def grid_points(contract: Contract) -> list[tuple[LoraCondition, int, float]]:
     return [(condition, size, lr) for condition in contract.lora.conditions for size, grid in batch_grids for lr in grid]
 
 
-def run_point(contract: Contract, service: Any, parent: Run, render_dir: Path, point: tuple[LoraCondition, int, float], train_datums: Sequence[tinker.Datum], val_datums: Sequence[tinker.Datum], if_exists: IfExists, progress: bool) -> dict:
+def run_point(session: Session, parent: Run, render_dir: Path, point: tuple[LoraCondition, int, float], train_datums: Sequence[tinker.Datum],
+              val_datums: Sequence[tinker.Datum]) -> dict:
     """One grid point as its own child run (resumable like any training run); returns its grid entry."""
+    contract = session.contract
     condition, batch_size, lr = point
     child_id = f"{parent.run_id}-{condition.name}-bs{batch_size}-lr{lr:g}"
-    child = open_run(contract, "lr-select-point", child_id, if_exists, parent.protocol_mode == "override")
-    if not is_finished(child.dir):
+    child = session.open_run("lr-select-point", child_id, inputs=[render_dir])
+    if child is not None:
         child.add_input(render_dir, ["train.jsonl", "val.jsonl"])
         plan = make_plan(contract, lr, batch_size, len(train_datums), contract.lr_select.seed,
                          total_steps=contract.lr_select.steps, cadence=contract.lr_select.validate_at)
-        records = train_with_resume(service, contract, condition, plan, train_datums, val_datums, child.dir, child_id, progress)
+        service = session.service.tagged("lr-select", child_id)
+        records = train_with_resume(service, contract.experiment.base_model, contract.lora.rank, condition, plan, train_datums, val_datums,
+                                    child.dir, child_id, session.progress)
         result = {"condition": condition.name, "learning_rate": lr, "batch_size": batch_size,
                   "val_nll": {str(r["step"]): r["val_nll"] for r in records},
                   "final_val_nll": records[-1]["val_nll"], "best_val_nll": min(r["val_nll"] for r in records),
                   "train_tokens": records[-1]["cumulative_tokens"], "cost_usd": records[-1]["cost_usd"], "child_run": child_id}
         write_json_atomic(child.path("result.json"), result)
         child.finish([METRICS, CHECKPOINTS, "result.json"], key_figure={"best_val_nll": result["best_val_nll"]})
-    return read_json(child.path("result.json"))
+    return read_json(session.results / child_id / "result.json")
 
 
 def choose(entries: list[dict], batch_size: int) -> dict:
@@ -72,16 +86,16 @@ def select_per_condition(contract: Contract, entries: list[dict]) -> dict:
     return conditions
 
 
-def timed_probe(service: Any, contract: Contract, condition: LoraCondition, plan: LoopPlan, train_datums: Sequence[tinker.Datum], shape: str) -> tuple[TrainingLoop, float]:
+def timed_probe(service: Service, contract: Contract, condition: LoraCondition, plan: LoopPlan, train_datums: Sequence[tinker.Datum], shape: str) -> tuple[TrainingLoop, float]:
     """`plan.total_steps` steps on a fresh client in one request shape; (the loop, seconds)."""
-    client = new_training_client(service, contract, condition, contract.lr_select.seed)
-    loop = TrainingLoop(client, plan, train_datums, [], None, LoopState(), progress=False, label=shape)
+    client = service.new_training_client(contract.experiment.base_model, contract.lora.rank, contract.lr_select.seed, condition)
+    loop = TrainingLoop(service, client, plan, train_datums, [], None, LoopState(), progress=False, label=shape)
     started = time.perf_counter()
     loop.run()
     return loop, time.perf_counter() - started
 
 
-def probe_throughput(contract: Contract, service: Any, train_datums: Sequence[tinker.Datum]) -> list[dict]:
+def probe_throughput(contract: Contract, service: Service, train_datums: Sequence[tinker.Datum]) -> list[dict]:
     """Seconds per optimizer step and tokens/s for each request shape, on fresh clients with the same batches."""
     condition = contract.lora.conditions[0]
     steps = contract.lr_select.throughput_steps
@@ -90,28 +104,36 @@ def probe_throughput(contract: Contract, service: Any, train_datums: Sequence[ti
         plan = make_plan(contract, contract.lr_select.lr_grid[0], contract.train.batch_size, len(train_datums),
                          contract.lr_select.seed, total_steps=steps, cadence=())
         plan = dataclasses.replace(plan, request_shape=shape)
-        loop, seconds = restart_on_in_flight_failure(lambda: timed_probe(service, contract, condition, plan, train_datums, shape), f"throughput probe {shape}")
+        # a request failing in flight restarts the probe on a fresh client: there is no checkpoint to roll back to
+        loop, seconds = service.retry.call(lambda: timed_probe(service, contract, condition, plan, train_datums, shape), f"throughput probe {shape}")
         results.append({"request_shape": shape, "steps": steps, "seconds_per_step": seconds / steps,
                         "tokens_per_second": loop.tokens_this_session / seconds, "batch_size": plan.batch_size})
         log.info("throughput %s: %.3f s/step", shape, seconds / steps)
     return results
 
 
-def run(contract: Contract, service: Any, run: Run, render_dir: Path, if_exists: IfExists = "resume", progress: bool = True) -> dict:
+def run(session: Session, render_run: str | None = None, run_id: str | None = None) -> StageResult:
     """The whole selection: grid child runs, per-condition choice, throughput probe, selection.json."""
+    contract, result = session.contract, StageResult("lr-select")
+    render_dir = session.finished_run("render", render_run)
+    run = session.begin(result, run_id, inputs=[render_dir])
+    if run is None:
+        return result
     select = contract.lr_select
     run.add_input(render_dir, ["train.jsonl", "val.jsonl", "manifest.json"])
     train_datums = load_datums(render_dir / "train.jsonl", limit=select.train_rows)
     val_datums = load_datums(render_dir / "val.jsonl", limit=select.val_rows)
     log.info("lr-select: %d train / %d validation rows (first rows of each split), seed %d", len(train_datums), len(val_datums), select.seed)
-    entries = [run_point(contract, service, run, render_dir, point, train_datums, val_datums, if_exists, progress)
-               for point in grid_points(contract)]
+    entries = [run_point(session, run, render_dir, point, train_datums, val_datums) for point in grid_points(contract)]
     selection = {"rule": "per condition: lowest validation NLL over validate_at; tie -> smaller LR; "
                          "a batch-size candidate is adopted only if strictly better",
                  "seed": select.seed, "train_rows": len(train_datums), "val_rows": len(val_datums),
                  "conditions": select_per_condition(contract, entries)}
     write_json_atomic(run.path("selection.json"), selection)
-    write_json_atomic(run.path("throughput.json"), {"shapes": probe_throughput(contract, service, train_datums)})
-    figure = {name: choice["selected_lr"] for name, choice in selection["conditions"].items()}
-    run.finish(["selection.json", "throughput.json"], key_figure=figure)
-    return selection
+    throughput = probe_throughput(contract, session.service.tagged("lr-select", run.run_id), train_datums)
+    write_json_atomic(run.path("throughput.json"), {"shapes": throughput})
+    run.finish(["selection.json", "throughput.json"], key_figure={name: choice["selected_lr"] for name, choice in selection["conditions"].items()})
+    result.done.append(run.run_id)
+    result.lines += [f"{name}: learning_rate={choice['selected_lr']:g} batch_size={choice['selected_batch_size']} (val NLL {choice['selected_val_nll']:.4f})"
+                     for name, choice in selection["conditions"].items()]
+    return result

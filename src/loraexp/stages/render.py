@@ -22,18 +22,28 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from loraexp.artifacts import MANIFEST, Run, file_sha256, read_json, read_jsonl, write_json_atomic, write_jsonl, write_text_atomic
-from loraexp.contracts import Contract
-from loraexp.errors import UserError
-from loraexp.tokenization import load_tokenizer
+from loraexp.artifacts import MANIFEST, Run, push_to_hub, require_hf_token
 from loraexp.chat import BatchRenderer, RenderMismatch, generation_prompt_tokens
+from loraexp.contracts import Contract
+from loraexp.data.sources import load_benchmark
+from loraexp.errors import UserError
+from loraexp.files import (
+    file_sha256,
+    read_json,
+    read_jsonl,
+    write_json_atomic,
+    write_jsonl,
+    write_text_atomic,
+)
+from loraexp.session import Session, StageResult
+from loraexp.tokenization import load_tokenizer
+from loraexp.training.schedule import cadence_steps, steps_per_epoch
 
 log = logging.getLogger(__name__)
 
 SPLITS = {"train": "train.jsonl", "val": "val.jsonl"}  # build-data file names, kept in the render run
 HUB_SPLIT_NAMES = {"train": "train", "val": "validation"}  # Hugging Face split names
 SAMPLE_ROWS = 2  # decoded examples in sample_render.txt
-RAW_FIELDS = ("row_id", "problem_source", "problem", "generated_solution", "expected_answer", "canonical_problem_sha")
 
 
 def cache_root(contract: Contract) -> Path:
@@ -41,8 +51,23 @@ def cache_root(contract: Contract) -> Path:
     return Path(contract.experiment.artifacts_dir) / "cache"
 
 
-def run(contract: Contract, run: Run, data_dir: Path, push_to_hub: str | None = None) -> dict:
-    """Render a finished build-data run into `run.dir`; returns the manifest."""
+def run(session: Session, data_run: str | None = None, push_repo: str | None = None, run_id: str | None = None) -> StageResult:
+    """Render a finished build-data run (and push its hub folder to `push_repo` if given)."""
+    result = StageResult("render")
+    if push_repo:
+        require_hf_token()  # before any work, so a missing token costs nothing
+    data_dir = session.finished_run("build-data", data_run)
+    run = session.begin(result, run_id, inputs=[data_dir])
+    if run is None:
+        return result
+    figure = render(session.contract, run, data_dir, push_repo)["key_figure"]
+    result.finished(run.run_id, f"{run.run_id}: {figure['train_rows']} train / {figure['val_rows']} val rows, mean {figure['mean_tokens']} tokens, "
+                                f"{figure['rejected']} quarantined; budget in {run.path('budget.json')}")
+    return result
+
+
+def render(contract: Contract, run: Run, data_dir: Path, push_repo: str | None) -> dict:
+    """Tokens + loss weights for train/val, stats, budget, sample, saved tokenizer, hub folder; returns the manifest."""
     render = contract.render
     run.add_input(data_dir, [*SPLITS.values(), MANIFEST])
     tokenizer = load_tokenizer(render.tokenizer, cache_root(contract))
@@ -65,12 +90,12 @@ def run(contract: Contract, run: Run, data_dir: Path, push_to_hub: str | None = 
     write_text_atomic(run.path("sample_render.txt"), sample_render(tokenizer, rendered["train"][:SAMPLE_ROWS]))
     tokenizer.save_pretrained(str(run.path("tokenizer")))
     hub_files = write_hub_dataset(run, data_dir, stats)
-    if push_to_hub:
-        push_dataset(run.path("hub_dataset"), push_to_hub)
+    if push_repo:
+        push_to_hub(run.path("hub_dataset"), push_repo, "dataset")
     outputs = [*SPLITS.values(), "rejects.jsonl", "stats.json", "budget.json", "sample_render.txt", "tokenizer/tokenizer.json", *hub_files]
     key_figure = {"train_rows": len(rendered["train"]), "val_rows": len(rendered["val"]), "rejected": len(rejects),
                   "mean_tokens": round(stats["splits"]["train"]["tokens"]["mean"], 1), "system_prompt_tokens": system_tokens}
-    return run.finish(outputs, key_figure=key_figure, extra={"pushed_to": push_to_hub})
+    return run.finish(outputs, key_figure=key_figure, extra={"pushed_to": push_repo, "data_run": data_dir.name})
 
 
 def render_rows(renderer: BatchRenderer, raw_rows: Sequence[dict], max_tokens: int, split: str) -> tuple[list[dict], list[dict]]:
@@ -142,8 +167,6 @@ def dollars(tokens: float, per_million: float) -> float:
 
 def benchmark_prompt_tokens(contract: Contract, tokenizer: Any) -> list[int] | None:
     """Generation-prompt length of every benchmark question, or None when the benchmark cannot be read (offline)."""
-    from loraexp.data.sources import load_benchmark
-
     try:
         benchmark = load_benchmark(contract)
     except UserError as exc:
@@ -157,8 +180,6 @@ def benchmark_prompt_tokens(contract: Contract, tokenizer: Any) -> list[int] | N
 
 def estimate_budget(contract: Contract, rendered: dict[str, list[dict]], bench_prompt_tokens: list[int] | None) -> dict:
     """Tokens and USD for training (per epoch, run, sweep), validation, lr-select and evaluation at contract prices."""
-    from loraexp.schedule import cadence_steps, steps_per_epoch
-
     prices, train, select = contract.prices, contract.train, contract.lr_select
     train_rows, val_rows = rendered["train"], rendered["val"]
     conditions, seeds = len(contract.lora.conditions), len(train.seeds)
@@ -258,7 +279,7 @@ def dataset_card(contract: Contract, build_manifest: dict, stats: dict, run_id: 
     """README.md for the Hugging Face dataset repo: sources, counts, rendering, license CC-BY-4.0."""
     data, render = contract.data, contract.render
     train, val = stats["splits"]["train"], stats["splits"]["val"]
-    source = "the offline demo generator (`loraexp.data.demo`, OpenMathInstruct-2-shaped)" if data.source == "demo" else f"`{data.source}` split `{data.split}`"
+    source = "the offline demo generator (`loraexp.demo.data`, OpenMathInstruct-2-shaped)" if data.source == "demo" else f"`{data.source}` split `{data.split}`"
     return f"""---
 license: cc-by-4.0
 pretty_name: {contract.experiment.name} (loraexp render {run_id})
@@ -304,19 +325,3 @@ Rows longer than {render.max_tokens} tokens were left out ({stats['rejected_rows
 `manifests/` holds the build-data manifest and the render stats and budget; `SHA256SUMS` checks every file
 (`sha256sum -c SHA256SUMS`).
 """
-
-
-def require_hf_token() -> None:
-    if not os.environ.get("HF_TOKEN"):
-        raise UserError("--push-to-hub needs HF_TOKEN in the environment (a write token from huggingface.co/settings/tokens)")
-
-
-def push_dataset(folder: Path, repo: str) -> None:
-    """Upload hub_dataset/ to a Hugging Face dataset repo (needs network and HF_TOKEN)."""
-    require_hf_token()
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    api.create_repo(repo, repo_type="dataset", exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="dataset", commit_message="loraexp render: data, manifests, checksums")
-    log.info("render: pushed %s to https://huggingface.co/datasets/%s", folder, repo)

@@ -12,10 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loraexp.artifacts import find_finished_run, read_json, read_jsonl, run_id_for
-from loraexp.contracts import Contract
-from loraexp.errors import UserError
-from loraexp.stats import (
+from loraexp.analysis.stats import (
     decide,
     item_standard_error,
     mcnemar_exact,
@@ -24,6 +21,10 @@ from loraexp.stats import (
     paired_counts,
     seed_sd,
 )
+from loraexp.contracts import Contract
+from loraexp.errors import UserError
+from loraexp.files import read_json, read_jsonl
+from loraexp.session import Session
 
 
 @dataclass
@@ -72,19 +73,20 @@ class Inputs:
         return run_dir / name
 
 
-def load_inputs(contract: Contract, override: bool = False) -> Inputs:
+def load_inputs(session: Session) -> Inputs:
     """Every input run of the figures stage; a missing one is a UserError naming the stage to run."""
+    contract = session.contract
     conditions = [condition.name for condition in contract.lora.conditions]
     if len(conditions) != 2:
         raise UserError(f"figures compares exactly two conditions; this contract has {len(conditions)}: {', '.join(conditions)}")
     seeds = list(contract.train.seeds)
-    lr_select_dir = find_finished_run(contract, run_id_for(contract, "lr-select"), "lr-select", override)
-    export_dir = find_finished_run(contract, run_id_for(contract, "export"), "export", override)
+    lr_select_dir = session.finished_run("lr-select")
+    export_dir = session.finished_run("export")
     inputs = Inputs(conditions, seeds, None, {}, {}, lr_select_dir, export_dir, {}, {}, {})  # type: ignore[arg-type]
-    inputs.baseline = _load_eval(inputs, contract, run_id_for(contract, "eval", "baseline"), override)
+    inputs.baseline = _load_eval(inputs, session.finished_run("eval", None, "baseline"))
     for name in conditions:
-        inputs.evals[name] = {seed: _load_eval(inputs, contract, run_id_for(contract, "eval", name, f"seed{seed}"), override) for seed in seeds}
-        inputs.trains[name] = {seed: _load_train(inputs, contract, run_id_for(contract, "train", name, f"seed{seed}"), override) for seed in seeds}
+        inputs.evals[name] = {seed: _load_eval(inputs, session.finished_run("eval", None, name, f"seed{seed}")) for seed in seeds}
+        inputs.trains[name] = {seed: _load_train(inputs, session.finished_run("train", None, name, f"seed{seed}")) for seed in seeds}
     inputs.selection = read_json(inputs.file(lr_select_dir, "selection.json"))
     inputs.throughput = read_json(inputs.file(lr_select_dir, "throughput.json"))
     inputs.exports = read_json(inputs.file(export_dir, "exports.json"))
@@ -92,15 +94,13 @@ def load_inputs(contract: Contract, override: bool = False) -> Inputs:
     return inputs
 
 
-def _load_eval(inputs: Inputs, contract: Contract, run_id: str, override: bool) -> EvalRun:
-    run_dir = find_finished_run(contract, run_id, "eval", override)
+def _load_eval(inputs: Inputs, run_dir: Path) -> EvalRun:
     rows = sorted(read_jsonl(inputs.file(run_dir, "predictions.jsonl")), key=lambda row: row["benchmark_index"])
-    return EvalRun(run_id, run_dir, read_json(inputs.file(run_dir, "summary.json")), rows)
+    return EvalRun(run_dir.name, run_dir, read_json(inputs.file(run_dir, "summary.json")), rows)
 
 
-def _load_train(inputs: Inputs, contract: Contract, run_id: str, override: bool) -> TrainRun:
-    run_dir = find_finished_run(contract, run_id, "train", override)
-    return TrainRun(run_id, run_dir, read_json(inputs.file(run_dir, "summary.json")),
+def _load_train(inputs: Inputs, run_dir: Path) -> TrainRun:
+    return TrainRun(run_dir.name, run_dir, read_json(inputs.file(run_dir, "summary.json")),
                     read_jsonl(inputs.file(run_dir, "metrics.jsonl")), read_jsonl(inputs.file(run_dir, "checkpoints.jsonl")))
 
 

@@ -17,23 +17,24 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Sequence
 
 import tinker
 from tqdm import tqdm
 
-from loraexp.artifacts import JsonlWriter, read_jsonl, write_jsonl
-from loraexp.datums import mean_nll
 from loraexp.errors import UserError
-from loraexp.retry import SERVICE_ERRORS, MAX_ATTEMPTS, backoff_delay, call_with_retries, is_transient, permanent_error
-from loraexp.schedule import LoopPlan, batch_indices, steps_per_epoch
+from loraexp.files import JsonlWriter, iter_jsonl, read_jsonl, write_jsonl
+from loraexp.service.datums import datum_from_row, mean_nll
+from loraexp.service.retry import InFlightFailure, await_or_raise, settle
+from loraexp.training.schedule import LoopPlan, batch_indices, steps_per_epoch
 
 if TYPE_CHECKING:
-    from loraexp.contracts import Contract, LoraCondition
+    from loraexp.contracts import LoraCondition
+    from loraexp.service import Service
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints.jsonl"
@@ -60,75 +61,43 @@ class PendingStep:
     submitted_at: float = field(default_factory=time.perf_counter)
 
 
-def resolve(value: Any) -> Any:
-    """The result of a Tinker future (or the value itself when it is not one)."""
-    return value.result() if hasattr(value, "result") and callable(value.result) else value
-
-
-class InFlightFailure(Exception):
-    """A submitted request completed failed for a transient reason; later requests may already have run
-    on top of it, so the only safe recovery is to roll back to the last checkpoint."""
-
-
-def await_or_raise(value: Any, what: str) -> Any:
-    try:
-        return resolve(value)
-    except SERVICE_ERRORS as exc:
-        if is_transient(exc):
-            raise InFlightFailure(f"{what}: {type(exc).__name__}: {exc}") from exc
-        raise permanent_error(exc, what) from None
-
-
 def _chunks(items: Sequence, size: int) -> list[Sequence]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
-def submit_step(client: Any, plan: LoopPlan, datums: Sequence[tinker.Datum], step: int) -> PendingStep:
+def submit_step(service: "Service", client: Any, plan: LoopPlan, datums: Sequence[tinker.Datum], step: int) -> PendingStep:
     """Submit one optimizer step in the contract's request shape (only the pipelined shape leaves it in flight)."""
     batch = [datums[i] for i in batch_indices(len(datums), plan.batch_size, step, plan.seed, plan.epoch_order)]
     adam = plan.adam_params(step)
     what = f"step {step}"
-
-    def forward_backward(data: list[tinker.Datum]) -> Any:
-        return call_with_retries(lambda: client.forward_backward(data, "cross_entropy"), f"forward_backward {what}")
-
-    def optim_step() -> Any:
-        return call_with_retries(lambda: client.optim_step(adam), f"optim_step {what}")
-
     # awaited one at a time, nothing is queued behind a request: a failed one (which applied nothing) is retried alone
     if plan.request_shape == "single_datum_calls":
-        outputs = [call_with_retries(lambda datum=datum: resolve(client.forward_backward([datum], "cross_entropy")), f"forward_backward {what}") for datum in batch]
-        return PendingStep(step, adam.learning_rate, batch, outputs, call_with_retries(lambda: resolve(client.optim_step(adam)), f"optim_step {what}"))
+        outputs = [service.call(lambda datum=datum: client.forward_backward([datum], "cross_entropy"), f"forward_backward {what}") for datum in batch]
+        return PendingStep(step, adam.learning_rate, batch, outputs, service.call(lambda: client.optim_step(adam), f"optim_step {what}"))
     if plan.request_shape == "batched_datums":
-        output = call_with_retries(lambda: resolve(client.forward_backward(batch, "cross_entropy")), f"forward_backward {what}")
-        return PendingStep(step, adam.learning_rate, batch, [output], call_with_retries(lambda: resolve(client.optim_step(adam)), f"optim_step {what}"))
+        output = service.call(lambda: client.forward_backward(batch, "cross_entropy"), f"forward_backward {what}")
+        return PendingStep(step, adam.learning_rate, batch, [output], service.call(lambda: client.optim_step(adam), f"optim_step {what}"))
     # pipelined: both submitted before either is awaited
-    return PendingStep(step, adam.learning_rate, batch, [forward_backward(batch)], optim_step())
+    forward_backward = service.submit(lambda: client.forward_backward(batch, "cross_entropy"), f"forward_backward {what}")
+    return PendingStep(step, adam.learning_rate, batch, [forward_backward], service.submit(lambda: client.optim_step(adam), f"optim_step {what}"))
 
 
-def submit_checkpoint(client: Any, plan: LoopPlan, pending: PendingStep, val_datums: Sequence[tinker.Datum]) -> None:
+def submit_validation(service: "Service", client: Any, val_datums: Sequence[tinker.Datum], batch_size: int, what: str) -> list[Any]:
+    """Batched, gradient-free `forward` calls over the validation datums (futures, in chunk order)."""
+    return [service.submit(lambda chunk=chunk: client.forward(list(chunk), "cross_entropy"), f"forward {what}")
+            for chunk in _chunks(val_datums, batch_size)]
+
+
+def submit_checkpoint(service: "Service", client: Any, plan: LoopPlan, pending: PendingStep, val_datums: Sequence[tinker.Datum]) -> None:
     """Queue validation and save_state right after the step, so both see exactly the post-step weights."""
     what = f"checkpoint at step {pending.step}"
-    pending.validation = [call_with_retries(lambda chunk=chunk: client.forward(list(chunk), "cross_entropy"), f"forward (validation) {what}")
-                          for chunk in _chunks(val_datums, plan.val_batch_size)]
-    pending.save = call_with_retries(lambda: client.save_state(f"step-{pending.step:06d}", ttl_seconds=plan.ttl_seconds), f"save_state {what}")
+    pending.validation = submit_validation(service, client, val_datums, plan.val_batch_size, f"(validation) {what}")
+    pending.save = service.submit(lambda: client.save_state(f"step-{pending.step:06d}", ttl_seconds=plan.ttl_seconds), f"save_state {what}")
 
 
-def settle(*futures: Any) -> None:
-    """Wait until every future has finished, successfully or not. Before a failure is raised, the client's
-    queue must be idle: work still queued on an abandoned client would run beside its replacement's, on the
-    same cores (local client) or the same quota (service), for results nobody reads."""
-    for future in futures:
-        try:
-            resolve(future)
-        except BaseException:  # noqa: BLE001 - only waiting; the caller reads each result and raises
-            pass
-
-
-def validation_nll(client: Any, val_datums: Sequence[tinker.Datum], batch_size: int) -> tuple[float, float]:
+def validation_nll(service: "Service", client: Any, val_datums: Sequence[tinker.Datum], batch_size: int) -> tuple[float, float]:
     """Token-weighted validation NLL over answer tokens with batched, gradient-free `forward`; (mean NLL, weight sum)."""
-    futures = [call_with_retries(lambda chunk=chunk: client.forward(list(chunk), "cross_entropy"), "forward (validation)")
-               for chunk in _chunks(val_datums, batch_size)]
+    futures = submit_validation(service, client, val_datums, batch_size, "(validation)")
     settle(*futures)
     return _weighted_nll(futures, _chunks(val_datums, batch_size))
 
@@ -151,8 +120,9 @@ def _expires_at(ttl_seconds: int | None) -> str | None:
 class TrainingLoop:
     """Runs steps `state.next_step..plan.total_steps`, writing metrics.jsonl and checkpoints.jsonl in `run_dir`."""
 
-    def __init__(self, client: Any, plan: LoopPlan, train_datums: Sequence[tinker.Datum], val_datums: Sequence[tinker.Datum], run_dir: Path | None, state: LoopState, progress: bool = True, label: str = "train"):
-        self.client, self.plan, self.state = client, plan, state
+    def __init__(self, service: "Service", client: Any, plan: LoopPlan, train_datums: Sequence[tinker.Datum], val_datums: Sequence[tinker.Datum],
+                 run_dir: Path | None, state: LoopState, progress: bool = True, label: str = "train"):
+        self.service, self.client, self.plan, self.state = service, client, plan, state
         self.train_datums, self.val_datums = train_datums, val_datums
         self.metrics = JsonlWriter(run_dir / METRICS) if run_dir else None
         self.checkpoints = JsonlWriter(run_dir / CHECKPOINTS) if run_dir else None
@@ -166,9 +136,9 @@ class TrainingLoop:
         in_flight: deque[PendingStep] = deque()
         try:
             for step in range(self.state.next_step, self.plan.total_steps + 1):
-                pending = submit_step(self.client, self.plan, self.train_datums, step)
+                pending = submit_step(self.service, self.client, self.plan, self.train_datums, step)
                 if step in self.plan.cadence:
-                    submit_checkpoint(self.client, self.plan, pending, self.val_datums)
+                    submit_checkpoint(self.service, self.client, self.plan, pending, self.val_datums)
                 in_flight.append(pending)
                 while len(in_flight) >= depth:
                     self._finish(in_flight.popleft())
@@ -259,14 +229,6 @@ def truncate_metrics_after(run_dir: Path, step: int) -> int:
     return len(rows) - len(kept)
 
 
-def new_training_client(service: Any, contract: "Contract", condition: "LoraCondition", seed: int) -> Any:
-    """A fresh LoRA training client for one condition (the same call on Tinker and on the local client)."""
-    return call_with_retries(lambda: resolve(service.create_lora_training_client(
-        base_model=contract.experiment.base_model, rank=contract.lora.rank, seed=seed,
-        train_attn=condition.train_attn, train_mlp=condition.train_mlp, train_unembed=condition.train_unembed,
-    )), f"create_lora_training_client ({condition.name}, seed {seed})")
-
-
 def check_not_expired(record: dict, what: str) -> None:
     """Fail when a checkpoint record's TTL has passed; warn when it passes within 24 h."""
     expires_at = record.get("expires_at")
@@ -279,67 +241,39 @@ def check_not_expired(record: dict, what: str) -> None:
         log.warning("%s %s expires in %.1f h (at %s): export it now", what, record["state_path"], remaining.total_seconds() / 3600, expires_at)
 
 
-def _open_client(service: Any, contract: "Contract", condition: "LoraCondition", plan: LoopPlan, run_dir: Path, label: str) -> tuple[Any, LoopState]:
+def _open_client(service: "Service", base_model: str, rank: int, condition: "LoraCondition", plan: LoopPlan, run_dir: Path, label: str) -> tuple[Any, LoopState]:
     """A client and loop state at the run's last checkpoint record, or fresh when there is none."""
     last = resume_point(run_dir)
     if last is None:
         (run_dir / METRICS).unlink(missing_ok=True)  # no checkpoint yet: nothing to continue from
-        return new_training_client(service, contract, condition, plan.seed), LoopState()
+        return service.new_training_client(base_model, rank, plan.seed, condition), LoopState()
     check_not_expired(last, "resume checkpoint")
     dropped = truncate_metrics_after(run_dir, last["step"])
     log.info("%s: resuming at step %d from %s (dropped %d metrics rows past it)", label, last["next_step"], last["state_path"], dropped)
-    client = call_with_retries(lambda: resolve(service.create_training_client_from_state_with_optimizer(last["state_path"])),
-                               f"load {last['state_path']}")
+    client = service.resume_training_client(last["state_path"])
     return client, LoopState(next_step=last["next_step"], cumulative_tokens=last["cumulative_tokens"], cost_usd=last["cost_usd"])
 
 
-def train_with_resume(service: Any, contract: "Contract", condition: "LoraCondition", plan: LoopPlan, train_datums: Sequence[tinker.Datum], val_datums: Sequence[tinker.Datum], run_dir: Path, label: str, progress: bool = True) -> list[dict]:
+def train_with_resume(service: "Service", base_model: str, rank: int, condition: "LoraCondition", plan: LoopPlan, train_datums: Sequence[tinker.Datum],
+                      val_datums: Sequence[tinker.Datum], run_dir: Path, label: str, progress: bool = True) -> list[dict]:
     """Run (or continue from the last checkpoint record) one training run; return all its checkpoint records.
 
     A request that fails while in flight rolls the run back to its last checkpoint (later requests may
     already have run on top of it); the replay is deterministic, so the result equals a clean run.
     """
-    failures_without_progress = 0
-    while True:
-        client, state = _open_client(service, contract, condition, plan, run_dir, label)
-        if state.next_step > plan.total_steps:
-            break
-        started_at = state.next_step
-        try:
-            TrainingLoop(client, plan, train_datums, val_datums, run_dir, state, progress=progress, label=label).run()
-            break
-        except InFlightFailure as exc:
-            last = resume_point(run_dir)
-            progressed = last is not None and last["next_step"] > started_at
-            failures_without_progress = 0 if progressed else failures_without_progress + 1
-            if failures_without_progress >= MAX_ATTEMPTS:
-                raise UserError(f"{label}: {exc}; failed {MAX_ATTEMPTS} times without progress: rerun the same command later to resume") from None
-            delay = backoff_delay(failures_without_progress or 1)
-            log.warning("%s: %s; rolling back to the last checkpoint in %.1f s", label, exc, delay)
-            time.sleep(delay)
+    def attempt() -> None:
+        client, state = _open_client(service, base_model, rank, condition, plan, run_dir, label)
+        if state.next_step <= plan.total_steps:
+            TrainingLoop(service, client, plan, train_datums, val_datums, run_dir, state, progress=progress, label=label).run()
+
+    def checkpointed_step() -> int:
+        last = resume_point(run_dir)
+        return last["next_step"] if last else 1
+
+    service.retry.call(attempt, f"{label} (rolled back to its last checkpoint)", progress=checkpointed_step)
     return read_jsonl(run_dir / CHECKPOINTS)
-
-
-def restart_on_in_flight_failure(work: Callable[[], T], label: str) -> T:
-    """Run `work` again from scratch when one of its requests fails in flight: for short units with no
-    checkpoint to roll back to (smoke, throughput probe), which open a fresh client each time."""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            return work()
-        except InFlightFailure as exc:
-            if attempt == MAX_ATTEMPTS:
-                raise UserError(f"{label}: {exc}; failed {MAX_ATTEMPTS} times: rerun the same command later") from None
-            delay = backoff_delay(attempt)
-            log.warning("%s: %s; starting it again on a fresh client in %.1f s", label, exc, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def load_datums(path: Path, limit: int | None = None) -> list[tinker.Datum]:
     """Rendered rows (tokens + weights) -> Datums, in file order; `limit` keeps the first N (a deterministic slice)."""
-    from itertools import islice
-
-    from loraexp.artifacts import iter_jsonl
-    from loraexp.datums import datum_from_row
-
     return [datum_from_row(row) for row in islice(iter_jsonl(path), limit)]

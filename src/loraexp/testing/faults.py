@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import random
@@ -28,9 +29,10 @@ from tinker.lib.public_interfaces.api_future import APIFuture, AwaitableConcurre
 from tinker.types import RequestErrorCategory
 
 from loraexp.local_tinker.errors import connection_error, status_error
+from loraexp.service import Service
 
 FAULT_KINDS: tuple[type[Exception], ...] = (tinker.RateLimitError, tinker.InternalServerError, tinker.APIConnectionError, tinker.RequestFailedError)
-NOT_REQUESTS = frozenset({"get_info", "get_base_model", "get_tokenizer", "get_console_url", "lora_parameter_count"})  # answered client-side
+NOT_REQUESTS = frozenset({"get_info", "get_base_model", "get_tokenizer", "get_console_url"})  # answered client-side
 
 
 def injected_error(kind: type[Exception], method: str, number: int) -> Exception:
@@ -68,6 +70,12 @@ class _Courier:
                     self._wake.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
                 _, _, deliver = heapq.heappop(self._heap)
             deliver()
+
+
+def faulty_service(service: Service, latency_s: float = 0.0, failure_rate: float = 0.0, seed: int = 0) -> Service:
+    """`service` with its service and REST clients wrapped in one FaultyClient plan."""
+    faulty = FaultyClient(service.client, latency_s=latency_s, failure_rate=failure_rate, seed=seed)
+    return dataclasses.replace(service, client=faulty, make_rest=lambda: faulty.sibling(service.rest), _rest=[])
 
 
 def _settle(target: Future, source: Future, wrap: Callable[[Any], Any]) -> None:

@@ -6,24 +6,44 @@ lenient = strict, or math-verify's symbolic equivalence on the whole generation,
           read with the slack a human grader gives: thousands commas, `\\$`, `%`, trailing units or
           words (`18 \\text{ dollars}`, `18 dollars`). It can only add correct answers, never remove one.
 `reference` is always the bare reference answer (for GSM8K: `answers.gsm8k_reference(answer)`).
+
+`scorer_identity()` is what an evaluation records about the scorers: their rules in words and the
+SHA-256 of the code that computes them (answers.py + this file), plus the math-verify version the
+lenient scorer calls. Any change to what a scorer computes changes the identity, so figures refuses
+to compare evaluations scored by different code.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
 import logging
 import re
 import threading
 from decimal import Decimal
+from pathlib import Path
 from typing import Callable
 
 from math_verify import parse, verify
 from math_verify.errors import TimeoutException
 
-from loraexp.answers import as_decimal, last_boxed, normalize, strict_equal
+from loraexp.scoring.answers import as_decimal, last_boxed, normalize, strict_equal
 
 log = logging.getLogger(__name__)
 
 MATH_VERIFY_TIMEOUT_SECONDS = 5  # per parse / verify call; sympy can hang on inputs like 9^{9^{9^9}}
+STRICT_RULE = "last \\boxed{} by brace depth, no fallback; trim, strip outer $..$ \\(..\\) \\[..\\], drop \\left \\right, \\dfrac/\\tfrac -> \\frac, collapse whitespace; equal as text or as decimals"
+LENIENT_RULE = "strict, or the last box equal once thousands commas, \\$, % and trailing units are dropped, or math-verify equivalence on the whole generation"
+SCORER_CODE = ("answers.py", "scorers.py")  # the files whose bytes define what the scorers compute
+
+
+@functools.cache
+def scorer_identity() -> dict:
+    """The scorers' rules, the SHA-256 of their code, and the math-verify version (recorded in every eval contract)."""
+    here = Path(__file__).parent
+    code = hashlib.sha256(b"".join((here / name).read_bytes() for name in SCORER_CODE)).hexdigest()
+    return {"strict": STRICT_RULE, "lenient": LENIENT_RULE, "code_sha256": code, "math_verify": importlib.metadata.version("math-verify")}
 
 
 def score_strict(generated_text: str, reference: str) -> dict:

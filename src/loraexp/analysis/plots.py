@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from loraexp.analysis import Inputs, disagreement_examples  # noqa: E402
+from loraexp.analysis.comparison import Inputs, disagreement_examples  # noqa: E402
 
 BASELINE_STYLE = {"color": "#7f7f7f", "marker": "D", "linestyle": ":"}
 CONDITION_STYLES = (

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import random
 import shutil
 import tempfile
@@ -29,13 +28,16 @@ from typing import Sequence
 
 import orjson
 
-from loraexp.tokenization import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER, load_tokenizer
-from loraexp.chat import BatchRenderer, generation_prompt_tokens, stop_token_id
-from loraexp.numerics import warm_up_vector_math
+from loraexp.chat import BatchRenderer, stop_token_id
+from loraexp.demo.data import clean_examples
+from loraexp.demo.tokenizer import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER
+from loraexp.local_tinker.numerics import warm_up_vector_math
+from loraexp.tokenization import RECIPE_FILE, load_tokenizer
+from loraexp.training.schedule import LrSchedule
 
 log = logging.getLogger(__name__)
 
-RECIPE_FILE = "loraexp_recipe.json"
+DEMO_BASE_MODEL = "loraexp/tiny-qwen3-demo"  # experiment.base_model of the offline demo
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class DemoBaseRecipe:
     rope_theta: float = 1e4
     max_positions: int = 512  # demo rows are under ~120 tokens; render.max_tokens is 512
     init_seed: int = 0  # weights and data order
-    examples: int = 20_000  # clean (question, solution) pairs from loraexp.data.demo.clean_examples
+    examples: int = 20_000  # clean (question, solution) pairs from loraexp.demo.data.clean_examples
     data_seed: int = 1  # seed of clean_examples; the demo's own rows use data.demo_seed (0)
     steps: int = 700  # the checkpoint is the last step (a step count, never a benchmark pick); 27% greedy on the demo benchmark
     batch_size: int = 32
@@ -113,8 +115,6 @@ def new_model(recipe: DemoBaseRecipe, tokenizer):
 
 def pretraining_rows(recipe: DemoBaseRecipe, tokenizer) -> list[tuple[list[int], int]]:
     """(tokens, prompt length) of every pretraining example; the system prompt on the half picked by a question hash."""
-    from loraexp.data.demo import clean_examples
-
     pairs = clean_examples(recipe.examples, recipe.data_seed)
     with_system = [hashlib.sha256(question.encode("utf-8")).digest()[0] % 2 == 0 for question, _ in pairs]
     rendered: list[tuple[list[int], int] | None] = [None] * len(pairs)
@@ -143,13 +143,9 @@ def _batch_tensors(rows: Sequence[tuple[list[int], int]], pad_id: int):
     return input_ids, mask, labels
 
 
-def learning_rate(recipe: DemoBaseRecipe, step: int) -> float:
-    """Linear warmup, then cosine from peak to peak * min_lr_ratio at the last step (steps are 1-based)."""
-    if step <= recipe.warmup_steps:
-        return recipe.peak_lr * step / recipe.warmup_steps
-    progress = (step - recipe.warmup_steps) / max(recipe.steps - recipe.warmup_steps, 1)
-    floor = recipe.peak_lr * recipe.min_lr_ratio
-    return floor + (recipe.peak_lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+def lr_schedule(recipe: DemoBaseRecipe) -> LrSchedule:
+    """Linear warmup, then cosine from peak to peak * min_lr_ratio at the last step: the same schedule as every training run."""
+    return LrSchedule(recipe.peak_lr, recipe.warmup_steps, recipe.steps, recipe.min_lr_ratio)
 
 
 def pretrain(recipe: DemoBaseRecipe, tokenizer, progress: bool = True):
@@ -165,6 +161,7 @@ def pretrain(recipe: DemoBaseRecipe, tokenizer, progress: bool = True):
     order_rng = random.Random(recipe.init_seed)
     order: list[int] = []
     losses = []
+    schedule = lr_schedule(recipe)
     for step in tqdm(range(1, recipe.steps + 1), desc="pretraining the demo base (one-time)", disable=None if progress else True, mininterval=2.0):
         if len(order) < recipe.batch_size:  # a fresh permutation per pass over the examples
             fresh = list(range(len(rows)))
@@ -173,7 +170,7 @@ def pretrain(recipe: DemoBaseRecipe, tokenizer, progress: bool = True):
         batch, order = [rows[index] for index in order[: recipe.batch_size]], order[recipe.batch_size :]
         input_ids, mask, labels = _batch_tensors(batch, tokenizer.pad_token_id)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(recipe, step)
+            group["lr"] = schedule.at(step)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -181,37 +178,3 @@ def pretrain(recipe: DemoBaseRecipe, tokenizer, progress: bool = True):
         losses.append(loss.item())
     model.eval()
     return model, losses
-
-
-def greedy_accuracy(model_dir: Path, questions: Sequence[str], references: Sequence[str], system_prompt: str = DEMO_SYSTEM_PROMPT,
-                    max_new_tokens: int = 64, batch_size: int = 50) -> float:
-    """Share of questions whose last \\boxed{} in the greedy completion strictly equals the reference (a report, not a selector)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from loraexp.answers import last_boxed, strict_equal
-
-    warm_up_vector_math()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-    pad_id, correct = tokenizer.pad_token_id, 0
-    for start in range(0, len(questions), batch_size):
-        prompts = [generation_prompt_tokens(tokenizer, system_prompt, q) for q in questions[start : start + batch_size]]
-        width = max(map(len, prompts))
-        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        with torch.no_grad():
-            output = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
-        for completion, reference in zip(output[:, width:], references[start : start + batch_size]):
-            boxed = last_boxed(tokenizer.decode(completion, skip_special_tokens=True))
-            correct += boxed is not None and strict_equal(boxed, reference)
-    return correct / len(questions)
-
-
-def demo_benchmark_accuracy(model_dir: Path, rows: int = 200, seed: int = 0, system_prompt: str = DEMO_SYSTEM_PROMPT) -> float:
-    """Greedy strict accuracy on the demo benchmark (generate_benchmark_rows(rows, seed)), as the eval stage scores it."""
-    from loraexp.answers import gsm8k_reference
-    from loraexp.data.demo import generate_benchmark_rows
-
-    bench = generate_benchmark_rows(rows, seed)
-    return greedy_accuracy(model_dir, [row["question"] for row in bench], [gsm8k_reference(row["answer"]) for row in bench], system_prompt)

@@ -17,7 +17,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from loraexp.text import canonical_for_contamination
+from loraexp.data.text import canonical_for_contamination
 
 NAMES = ("Tom", "Ana", "Lena", "Omar", "Maya", "Ben", "Kofi", "Sara", "Ivan", "Mei", "Raj", "Zoe")
 OBJECTS = ("apples", "books", "marbles", "stickers", "pencils", "coins", "cards", "shells", "eggs", "stamps")

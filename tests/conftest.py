@@ -24,3 +24,22 @@ def reference_run(tmp_path_factory, small_base) -> Path:
     workdir = make_workdir(tmp_path_factory.mktemp("reference"), small_base)
     run_to_end(workdir, "run", "--config", "demo.toml")
     return workdir
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory, small_base) -> Path:
+    """The small contract (artifacts under the relative artifacts/) with finished build-data and render runs."""
+    from crashkit import make_workdir, run_to_end
+
+    workdir = make_workdir(tmp_path_factory.mktemp("rendered"), small_base)
+    run_to_end(workdir, "run", "--config", "demo.toml", "--only", "build-data")
+    run_to_end(workdir, "run", "--config", "demo.toml", "--only", "render")
+    return workdir
+
+
+@pytest.fixture
+def rendered_copy(rendered, tmp_path, monkeypatch) -> Path:
+    """A private copy of `rendered`, as the current directory."""
+    from crashkit import private_copy
+
+    return private_copy(rendered, tmp_path / "w", monkeypatch)

@@ -55,6 +55,13 @@ def run_to_end(workdir: Path, *args: str, env: dict | None = None, timeout: floa
     assert proc.wait(timeout) == 0, f"`loraexp {' '.join(args)}` exited {proc.returncode}; see {workdir / 'loraexp.log'}"
 
 
+def private_copy(source: Path, target: Path, monkeypatch) -> Path:
+    """A copy of a work dir (relative artifacts/, so the same contract), made the current directory."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("loraexp.log"))
+    monkeypatch.chdir(target)
+    return target
+
+
 def clone_without(reference: Path, target: Path, prefixes: tuple[str, ...]) -> Path:
     """A copy of the reference work dir with the run dirs of the stage under test and its dependents removed."""
     shutil.copytree(reference, target, ignore=shutil.ignore_patterns("loraexp.log"))

@@ -37,6 +37,18 @@ def set_key(text: str, section: str, key: str, value: object) -> str:
     return text[:header.end()] + body + text[body_end:]
 
 
+def dump_contract(raw: dict) -> str:
+    """A contract's JSON form (model_dump(mode="json")) as TOML; None values are left out (TOML has no null)."""
+    import tomli_w
+
+    def without_none(value):
+        if isinstance(value, dict):
+            return {key: without_none(item) for key, item in value.items() if item is not None}
+        return [without_none(item) for item in value] if isinstance(value, list) else value
+
+    return tomli_w.dumps(without_none(raw))
+
+
 def make_config(tmp_path: Path, data: dict | None = None, benchmark: dict | None = None, render: dict | None = None, name: str = "demo.toml") -> Path:
     """configs/demo.toml with artifacts under tmp_path, an empty decisions file there, and the given overrides."""
     decisions = tmp_path / "decisions.jsonl"

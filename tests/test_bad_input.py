@@ -43,7 +43,7 @@ import shutil
 import orjson
 import pytest
 
-from crashkit import eval_outcome, results
+from crashkit import eval_outcome, private_copy, results
 from datakit import cli, error_line, set_key
 from loraexp import artifacts, files
 from loraexp.cli import CliContext
@@ -53,10 +53,7 @@ from loraexp.testing.cli import connect_with_faults
 @pytest.fixture
 def finished(reference_run, tmp_path, monkeypatch):
     """A private copy of the finished small experiment, as the current directory."""
-    workdir = tmp_path / "w"
-    shutil.copytree(reference_run, workdir, ignore=shutil.ignore_patterns("loraexp.log"))
-    monkeypatch.chdir(workdir)
-    return workdir
+    return private_copy(reference_run, tmp_path / "w", monkeypatch)
 
 
 def edit_config(workdir, section: str, key: str, value) -> str:

@@ -74,9 +74,10 @@ def test_real_data_builds_audits_and_passes(tmp_path, gsm8k_train_rows):
     assert audit["checks"]["several_boxes"]["count"] >= 29  # the fixture keeps 30 MATH solutions with more than one box
 
     report = orjson.loads((results(tmp_path) / "demo-contamination" / "report.json").read_bytes())
-    assert report["status"] == "pass" and report["exact_overlap"]["count"] == 0  # shared/data README check (a): 0 of 1,319
-    assert report["benchmark"]["questions"] == 250 and report["rows_checked"] == 301
-    assert all(pair["shared_ngrams"] >= 1 for pair in report["ngram_overlap"]["pairs"])
+    gsm8k = report["benchmarks"]["benchmark"]  # a [benchmark] contract's one benchmark
+    assert report["status"] == "pass" and gsm8k["exact_overlap"]["count"] == 0  # shared/data README check (a): 0 of 1,319
+    assert gsm8k["questions"] == 250 and gsm8k["rows_checked"] == 301 and gsm8k["checked_sources"] == ["gsm8k"]
+    assert all(pair["shared_ngrams"] >= 1 for pair in gsm8k["ngram_overlap"]["pairs"])
     assert require_contamination_pass(load_contract(config), "demo-build-data") == results(tmp_path) / "demo-contamination" / "report.json"
 
 
@@ -105,8 +106,9 @@ def test_planted_test_questions_fail_and_block_train_until_rejected(tmp_path, gs
 
     report = orjson.loads(report_path.read_bytes())
     assert report["status"] == "fail"
-    assert {(pair["row_id"], pair["benchmark_index"]) for pair in report["exact_overlap"]["pairs"]} == set(planted.items())
-    near_pairs = {(pair["row_id"], pair["benchmark_index"]) for pair in report["ngram_overlap"]["pairs"]}
+    gsm8k = report["benchmarks"]["benchmark"]
+    assert {(pair["row_id"], pair["benchmark_index"]) for pair in gsm8k["exact_overlap"]["pairs"]} == set(planted.items())
+    near_pairs = {(pair["row_id"], pair["benchmark_index"]) for pair in gsm8k["ngram_overlap"]["pairs"]}
     assert ("rows:305", 5) in near_pairs and set(planted.items()) <= near_pairs
     assert (results(tmp_path) / "demo-contamination" / "manifest.json").exists()  # the check ran; its verdict is fail
 
@@ -135,7 +137,7 @@ def tampered_build(tmp_path, gsm8k_train_rows, leak) -> dict:
     write_rows(data_dir / "val.jsonl", val + leak(train))
     cli("contamination", "-c", config, expect=2)
     report = orjson.loads((results(tmp_path) / "demo-contamination" / "report.json").read_bytes())
-    assert report["status"] == "fail" and report["exact_overlap"]["count"] == 0
+    assert report["status"] == "fail" and report["benchmarks"]["benchmark"]["exact_overlap"]["count"] == 0
     return {"train": train, "report": report}
 
 

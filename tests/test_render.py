@@ -89,7 +89,8 @@ def test_stats_budget_and_sample(rendered):
     assert budget["training"]["usd_per_epoch"] == round(per_epoch * contract.prices.train_per_million / 1e6, 4)
     assert budget["training"]["runs"] == len(contract.lora.conditions) * len(contract.train.seeds)
     assert budget["lr_select"]["grid_points"] == len(contract.lora.conditions) * len(contract.lr_select.lr_grid)
-    assert budget["eval"]["questions"] == contract.benchmark.demo_rows and budget["eval"]["models"] == 7
+    assert budget["eval"]["models"] == 7
+    assert {name: part["questions"] for name, part in budget["eval"]["benchmarks"].items()} == {spec.name: spec.demo_rows for spec in contract.benchmark_specs}
     sample = (render_dir / "sample_render.txt").read_text(encoding="utf-8")
     assert sample.count("----- weight 0: prompt -----") == 2 and "<|im_end|>" in sample
 

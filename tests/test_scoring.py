@@ -123,4 +123,4 @@ def test_the_scorer_identity_hashes_all_the_code_the_scorers_run():
         assert Path(inspect.getsourcefile(function)).resolve() in {path.resolve() for path in hashed}, function.__name__
     assert identity["math_verify"]  # the lenient scorer's verdicts depend on math-verify's version too
     contract = load_contract(Path(__file__).resolve().parents[1] / "configs" / "demo.toml")
-    assert eval_contract(contract)["scorer"] == identity
+    assert eval_contract(contract, contract.benchmark_specs[0])["scorer"] == identity

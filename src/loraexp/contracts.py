@@ -24,9 +24,13 @@ from pydantic import (
 
 from loraexp.errors import UserError
 
+LEGACY_BENCHMARK = "benchmark"  # the name a [benchmark] section's benchmark goes by in reports
 Backend = Literal["tinker", "local"]
 RequestShape = Literal["single_datum_calls", "batched_datums", "batched_datums_pipelined"]
 EpochOrder = Literal["file", "shuffle"]
+BenchmarkFormat = Literal["gsm8k", "math"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # condition and benchmark names appear in run ids and folder names
 
 
 class Section(BaseModel):
@@ -52,10 +56,13 @@ class Section(BaseModel):
 
 
 class ExperimentSection(Section):
+    LATER_FIELDS = frozenset({"base_url"})
+
     name: str  # used in run ids: "<name>-<stage>"
-    backend: Backend  # "tinker" = hosted service (TINKER_API_KEY); "local" = in-process client
+    backend: Backend  # "tinker" = a Tinker-API endpoint (TINKER_API_KEY); "local" = in-process client
     base_model: str  # HF id, local HF dir, or "loraexp/tiny-qwen3-demo" (built and cached offline)
     artifacts_dir: str = "artifacts"  # runs land in <artifacts_dir>/results/<run_id>/
+    base_url: str | None = None  # backend "tinker": your own Tinker-compatible engine (e.g. http://gpu-box:8000); None = hosted service
 
 
 class DataSection(Section):
@@ -72,15 +79,45 @@ class DataSection(Section):
 
 
 class BenchmarkSection(Section):
+    """The single GSM8K-format benchmark of the first contracts (still accepted; new contracts use [[benchmarks]])."""
+
     source: str  # HF dataset id ("openai/gsm8k"), a local .jsonl path, or "demo"
     config: str | None = "main"  # HF config name
     split: str = "test"  # HF split name
     demo_rows: int = 200  # questions the offline generator makes when source = "demo"
 
 
+class Benchmark(Section):
+    """One benchmark of `[[benchmarks]]`: where its questions come from and how its reference answer is read."""
+
+    name: str = Field(pattern=NAME)  # in run ids and figure names, e.g. "gsm8k", "math500"
+    source: str  # HF dataset id ("HuggingFaceH4/MATH-500"), a local .jsonl/.parquet path, or "demo"
+    config: str | None = None  # HF config name (GSM8K: "main")
+    split: str = "test"  # HF split name
+    format: BenchmarkFormat  # gsm8k: reference = text after the last ####; math: reference = the answer field
+    question_field: str | None = None  # default "question" (gsm8k) / "problem" (math)
+    answer_field: str | None = None  # default "answer"
+    primary: bool = False  # the pre-declared decision rule applies to the primary benchmark; others are reported beside it
+    contamination_sources: tuple[str, ...] | None = None  # problem_source values checked against it; default gsm8k -> gsm8k, math -> math
+    demo_rows: int = 200  # questions the offline generator makes when source = "demo"
+    demo_seed: int = 0  # seed of the offline generator
+
+    @property
+    def question_key(self) -> str:
+        return self.question_field or ("question" if self.format == "gsm8k" else "problem")
+
+    @property
+    def answer_key(self) -> str:
+        return self.answer_field or "answer"
+
+    @property
+    def checked_sources(self) -> tuple[str, ...]:
+        return self.contamination_sources if self.contamination_sources is not None else (self.format,)
+
+
 class ContaminationSection(Section):
     ngram: int = Field(13, ge=3)  # n-gram size for the near-duplicate report (words)
-    benchmark_sources: tuple[str, ...] = ("gsm8k",)  # train-side problem_source values checked
+    benchmark_sources: tuple[str, ...] = ("gsm8k",)  # [benchmark] contracts: train-side problem_source values checked against it
 
 
 class RenderSection(Section):
@@ -92,10 +129,14 @@ class RenderSection(Section):
 
 
 class LoraCondition(Section):
-    name: str  # e.g. "attention_only"
+    LATER_FIELDS = frozenset({"rank", "learning_rate"})
+
+    name: str = Field(pattern=NAME)  # e.g. "attention_only"
     train_attn: bool  # LoRA on q/k/v/o
     train_mlp: bool  # LoRA on gate/up/down
     train_unembed: bool  # LoRA on lm_head
+    rank: int | None = Field(None, gt=0)  # None = lora.rank; e.g. the parameter-matched control's larger rank
+    learning_rate: float | None = Field(None, gt=0)  # None = train.learning_rate, else lr-select's choice for this condition
 
     @model_validator(mode="after")
     def _one_flag(self) -> "LoraCondition":
@@ -162,19 +203,37 @@ class LrSelectSection(Section):
 
 
 class EvalSection(Section):
+    LATER_FIELDS = frozenset({"max_determinism_mismatches"})
+
     max_new_tokens: int = Field(512, gt=0)
     temperature: float = 0.0  # 0 = greedy
     concurrency: int = Field(16, gt=0)  # sample requests in flight
     determinism_subset: int = Field(32, ge=0)  # examples re-sampled to check greedy agreement
     limit: int | None = None  # evaluate only the first N benchmark rows (probe); None = all
+    max_determinism_mismatches: int = Field(0, ge=0)  # re-samples allowed to differ from the first greedy pass; more fails eval
 
 
 class DecisionSection(Section):
-    min_gap: float = Field(0.01, ge=0)  # |mean accuracy gap| below this => "inconclusive"
+    LATER_FIELDS = frozenset({"comparisons", "permutation_draws"})
+
+    min_gap: float = Field(0.01, ge=0)  # |mean accuracy gap| below this => "inconclusive"; also the equivalence band (TOST)
     bootstrap_samples: int = Field(10_000, gt=0)
     bootstrap_seed: int = 0
-    alpha: float = 0.05  # significance level for McNemar and the interval width
+    alpha: float = 0.05  # significance level of every test (Holm-adjusted across comparisons x benchmarks)
     power: float = 0.8  # for the minimum detectable effect
+    comparisons: tuple[tuple[str, str], ...] | None = None  # declared pairs [a, b] (gap = a - b); None = every pair in contract order
+    permutation_draws: int = Field(100_000, ge=100_000)  # sign-flip draws when the exact distribution is not available
+
+
+class LocalSection(Section):
+    """How the in-process client runs the model (backend "local"); absent = fp32 on CPU, bf16 on CUDA, sdpa."""
+
+    dtype: Dtype = "auto"  # auto = bfloat16 on CUDA, float32 on CPU; LoRA weights and AdamW state stay float32 either way
+    attn_implementation: str = "sdpa"  # "sdpa", "eager", "flash_attention_2" (transformers' attn_implementation)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
+    device: str = "auto"  # "auto" = cuda if available else cpu; or "cpu", "cuda", "cuda:1"
+    sample_token_budget: int = Field(262_144, gt=0)  # prompt + new tokens decoded together per sampling batch (KV-cache bound)
+    memory_headroom: float = Field(0.9, gt=0, le=1)  # share of the free device memory the memory plan may use
 
 
 class PricesSection(Section):
@@ -184,9 +243,12 @@ class PricesSection(Section):
 
 
 class Contract(Section):
+    LATER_FIELDS = frozenset({"benchmark", "benchmarks", "local"})
+
     experiment: ExperimentSection
     data: DataSection
-    benchmark: BenchmarkSection
+    benchmark: BenchmarkSection | None = None  # the first contracts' single GSM8K-format benchmark
+    benchmarks: tuple[Benchmark, ...] = ()  # several benchmarks, one of them primary
     contamination: ContaminationSection = ContaminationSection()
     render: RenderSection
     lora: LoraSection
@@ -195,6 +257,7 @@ class Contract(Section):
     eval: EvalSection = EvalSection()
     decision: DecisionSection = DecisionSection()
     prices: PricesSection = PricesSection()
+    local: LocalSection | None = None
 
     _source_path: Path | None = PrivateAttr(None)  # the TOML file it was loaded from (not part of the contract)
 
@@ -213,6 +276,49 @@ class Contract(Section):
             if (base / path).exists():
                 return base / path
         return path
+
+    @model_validator(mode="after")
+    def _benchmarks_and_comparisons(self) -> "Contract":
+        if (self.benchmark is None) == (not self.benchmarks):
+            raise ValueError("give either [benchmark] (one GSM8K-format benchmark) or [[benchmarks]] entries, not both and not neither")
+        names = [b.name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark names must be unique, got {names}")
+        if self.benchmarks and self.contamination.benchmark_sources != ContaminationSection().benchmark_sources:
+            raise ValueError("with [[benchmarks]], set contamination_sources on each benchmark instead of contamination.benchmark_sources")
+        primaries = [b.name for b in self.benchmarks if b.primary]
+        if len(self.benchmarks) > 1 and len(primaries) != 1:
+            raise ValueError(f"mark exactly one of the benchmarks {names} primary = true (the decision rule applies to it); got {primaries or 'none'}")
+        known = {c.name for c in self.lora.conditions}
+        for pair in self.decision.comparisons or ():
+            if len(set(pair)) != 2 or not set(pair) <= known:
+                raise ValueError(f"decision.comparisons pair {list(pair)} must name two different conditions of {sorted(known)}")
+        return self
+
+    @property
+    def benchmark_specs(self) -> tuple[Benchmark, ...]:
+        """Every benchmark as a `Benchmark`, the primary first; a [benchmark] section is one GSM8K-format benchmark."""
+        if self.benchmark is not None:
+            legacy = self.benchmark
+            return (Benchmark(name=LEGACY_BENCHMARK, source=legacy.source, config=legacy.config, split=legacy.split, format="gsm8k", primary=True,
+                              contamination_sources=self.contamination.benchmark_sources, demo_rows=legacy.demo_rows, demo_seed=self.data.demo_seed),)
+        primary = [b for b in self.benchmarks if b.primary or len(self.benchmarks) == 1]
+        return tuple(primary + [b for b in self.benchmarks if b not in primary])
+
+    def benchmark_parts(self, benchmark: Benchmark) -> list[str]:
+        """What a benchmark adds to eval run ids: nothing for a [benchmark] contract (its run ids stay as they were)."""
+        return [] if self.benchmark is not None else [benchmark.name]
+
+    def rank_of(self, condition: LoraCondition) -> int:
+        return condition.rank or self.lora.rank
+
+    @property
+    def comparisons(self) -> tuple[tuple[str, str], ...]:
+        """The declared comparisons (a, b), gap = a - b: decision.comparisons, else every pair in contract order."""
+        if self.decision.comparisons:
+            return tuple(self.decision.comparisons)
+        names = [c.name for c in self.lora.conditions]
+        return tuple((a, b) for i, a in enumerate(names) for b in names[i + 1:])
 
     def condition(self, name: str) -> LoraCondition:
         for condition in self.lora.conditions:

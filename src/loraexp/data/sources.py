@@ -9,9 +9,10 @@ quarantine them with their reason instead of dropping them or raising.
 Row ids are `<dataset-or-file-stem>:<original index>` and stay stable across rebuilds: the manual
 decisions file refers to them.
 
-Benchmark (`benchmark.source`): an HF id + config + split, a local `.jsonl`/`.parquet`, or "demo". A row
-without a `####` line has no reference answer; rather than silently shrinking the benchmark (which would
-change every accuracy's denominator), `load_benchmark` refuses it with one line naming the row.
+Benchmarks (`[[benchmarks]]` or `[benchmark]`): an HF id + config + split, a local `.jsonl`/`.parquet`, or
+"demo", in gsm8k format (reference = text after the last `####`) or math format (reference = the answer
+field). A row without a reference answer is refused with one line naming it, rather than silently
+shrinking the benchmark (which would change every accuracy's denominator).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from loraexp.contracts import Contract, DataSection
-from loraexp.demo.data import generate_benchmark_rows, generate_omi2_rows
+from loraexp.contracts import Benchmark, Contract, DataSection
+from loraexp.demo.data import generate_benchmark_rows, generate_math_benchmark_rows, generate_omi2_rows
 from loraexp.errors import UserError
 from loraexp.scoring.answers import gsm8k_reference
 
@@ -211,22 +212,24 @@ def hf_fingerprint(dataset_id: str, config: str | None, split: str) -> dict:
     return {"fingerprint": dataset._fingerprint, "revision_dir": Path(cache_files[0]["filename"]).parent.name if cache_files else None}
 
 
-def load_benchmark(contract: Contract) -> list[dict]:
-    """Benchmark rows {index, question, answer, reference}; reference = text after the last `####`."""
-    bench = contract.benchmark
-    if bench.source == "demo":
-        return _benchmark_rows(generate_benchmark_rows(bench.demo_rows, contract.data.demo_seed), "demo benchmark")
-    path = Path(bench.source)
+def load_benchmark(contract: Contract, benchmark: Benchmark) -> list[dict]:
+    """Benchmark rows {index, question, answer, reference}. gsm8k format: reference = text after the last `####`;
+    math format: reference = the answer field (LaTeX kept as written: fractions, radicals, intervals)."""
+    origin = f"benchmark {benchmark.name} ({benchmark.source})"
+    if benchmark.source == "demo":
+        raw = generate_benchmark_rows(benchmark.demo_rows, benchmark.demo_seed) if benchmark.format == "gsm8k" else generate_math_benchmark_rows(benchmark.demo_rows, benchmark.demo_seed)
+        return _benchmark_rows(raw, benchmark, origin)
+    path = contract.resolve_path(benchmark.source)
     if path.suffix in LOCAL_SUFFIXES or path.is_file():
         if not path.is_file():
-            raise UserError(f"benchmark.source file not found: {path} (give an existing .jsonl/.parquet path, an HF dataset id, or \"demo\")")
+            raise UserError(f"{origin}: file not found: {path} (give an existing .jsonl/.parquet path, an HF dataset id, or \"demo\")")
         if path.suffix == ".parquet":
-            return _benchmark_rows(pq.read_table(path).to_pylist(), str(path))
+            return _benchmark_rows(pq.read_table(path).to_pylist(), benchmark, origin)
         if path.suffix != ".jsonl":
-            raise UserError(f"benchmark.source {path}: unsupported file type {path.suffix!r}; use .jsonl or .parquet")
-        return _benchmark_rows(_read_benchmark_jsonl(path), str(path))
-    dataset = _hf_load(bench.source, bench.config, bench.split)
-    return _benchmark_rows(list(dataset), f"{bench.source}:{bench.split}")
+            raise UserError(f"{origin}: unsupported file type {path.suffix!r}; use .jsonl or .parquet")
+        return _benchmark_rows(_read_benchmark_jsonl(path), benchmark, origin)
+    dataset = _hf_load(benchmark.source, benchmark.config, benchmark.split)
+    return _benchmark_rows(list(dataset), benchmark, f"{origin} split {benchmark.split}")
 
 
 def _read_benchmark_jsonl(path: Path) -> list[dict]:
@@ -242,15 +245,23 @@ def _read_benchmark_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _benchmark_rows(raw_rows: list, origin: str) -> list[dict]:
+def _benchmark_rows(raw_rows: list, benchmark: Benchmark, origin: str) -> list[dict]:
+    """Every row with its reference answer; a row without one is refused (a silently smaller benchmark changes every denominator)."""
+    question_key, answer_key = benchmark.question_key, benchmark.answer_key
     rows = []
     for index, raw in enumerate(raw_rows):
-        if not isinstance(raw, dict) or not isinstance(raw.get("question"), str) or not isinstance(raw.get("answer"), str):
-            raise UserError(f"{origin} row {index}: needs string fields 'question' and 'answer' (GSM8K shape); fix that row")
-        reference = gsm8k_reference(raw["answer"])
-        if reference is None:
-            raise UserError(f"{origin} row {index}: answer has no '#### N' line, so it has no reference; fix that row or remove it from the benchmark")
-        rows.append({"index": index, "question": raw["question"], "answer": raw["answer"], "reference": reference})
+        if not isinstance(raw, dict) or not isinstance(raw.get(question_key), str) or not isinstance(raw.get(answer_key), str):
+            raise UserError(f"{origin} row {index}: needs string fields {question_key!r} and {answer_key!r} ({benchmark.format} format); "
+                            "fix that row or set question_field / answer_field")
+        if benchmark.format == "gsm8k":
+            reference = gsm8k_reference(raw[answer_key])
+            if reference is None:
+                raise UserError(f"{origin} row {index}: {answer_key} has no '#### N' line, so it has no reference; fix that row or remove it from the benchmark")
+        else:
+            reference = raw[answer_key].strip()
+            if not reference:
+                raise UserError(f"{origin} row {index}: empty {answer_key}, so it has no reference; fix that row or remove it from the benchmark")
+        rows.append({"index": index, "question": raw[question_key], "answer": raw[answer_key], "reference": reference})
     if not rows:
-        raise UserError(f"{origin} has no rows; point benchmark.source at GSM8K test or another non-empty file")
+        raise UserError(f"{origin} has no rows; point its source at a non-empty benchmark")
     return rows

@@ -196,18 +196,23 @@ def generate_omi2_rows(n: int, seed: int) -> list[dict]:
 
 def generate_benchmark_rows(n: int, seed: int) -> list[dict]:
     """`n` GSM8K-shaped rows (question, answer ending in `#### N`), disjoint from all training questions."""
-    rng = random.Random(f"gsm8k-test-{seed}")
-    rows: list[dict] = []
-    seen: set[str] = set()
-    while len(rows) < n:
-        problem = _draw(rng, "gsm8k")
-        key = canonical_for_contamination(problem.question)
-        if key in seen or not reserved_for_benchmark(problem.question):
-            continue
-        seen.add(key)
+    rows = []
+    for problem in _benchmark_problems(random.Random(f"gsm8k-test-{seed}"), "gsm8k", n):
         a, b, c, op = problem.fill["a"], problem.fill["b"], problem.answer, problem.op
         rows.append({"question": problem.question, "answer": f"{a} {op} {b} = <<{a}{op}{b}={c}>>{c}\n#### {c}"})
     return rows
+
+
+def _benchmark_problems(rng: random.Random, source: str, n: int) -> list:
+    """`n` distinct problems of `source` phrasings whose questions no training row can use (`reserved_for_benchmark`)."""
+    problems, seen = [], set()
+    while len(problems) < n:
+        problem = _draw(rng, source)
+        key = canonical_for_contamination(problem.question)
+        if key not in seen and reserved_for_benchmark(problem.question):
+            seen.add(key)
+            problems.append(problem)
+    return problems
 
 
 def clean_examples(n: int, seed: int) -> list[tuple[str, str]]:
@@ -218,3 +223,11 @@ def clean_examples(n: int, seed: int) -> list[tuple[str, str]]:
         problem = _draw_training(rng, "gsm8k")
         pairs.append((problem.question, problem.solution(rng.randrange(3))))
     return pairs
+
+
+def generate_math_benchmark_rows(n: int, seed: int) -> list[dict]:
+    """`n` MATH-500-shaped rows (problem, solution, answer): word problems in the demo's `augmented_gsm8k` phrasings, which
+    neither the demo base nor the demo's training rows use, disjoint from every training question; the second benchmark
+    family of the offline follow-up demo (its reference is the answer field)."""
+    return [{"problem": problem.question, "solution": problem.solution(0), "answer": str(problem.answer)}
+            for problem in _benchmark_problems(random.Random(f"math-test-{seed}"), "augmented_gsm8k", n)]

@@ -1,9 +1,10 @@
 """contamination: does any training-side problem equal a benchmark question, or sit on both sides of the split?
 
 Runbook step:
-1. read train.jsonl + val.jsonl of a build-data run and the benchmark (`load_benchmark`);
-2. exact overlap: rows whose problem_source is in `contamination.benchmark_sources`, compared with every
-   benchmark question after NFKC, casefold, punctuation and whitespace removal;
+1. read train.jsonl + val.jsonl of a build-data run and every benchmark (`load_benchmark`);
+2. exact overlap, per benchmark: rows whose problem_source is among the benchmark's checked sources (GSM8K
+   test against `gsm8k` rows, MATH-500 against `math` rows), compared with every benchmark question after
+   NFKC, casefold, punctuation and whitespace removal;
 3. near duplicates: shared word `contamination.ngram`-grams (13) on the same canonical words, reported beside;
 4. train/validation overlap by row id and by canonical problem text;
 5. report.json with `status: pass|fail` (fail = any exact benchmark overlap or any train/val overlap) and the
@@ -20,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from loraexp.artifacts import list_runs, results_root, stale_inputs
-from loraexp.contracts import Contract
+from loraexp.contracts import Benchmark, Contract
 from loraexp.data.sources import load_benchmark
 from loraexp.data.text import (
     canonical_for_contamination,
@@ -45,43 +46,52 @@ def run(session: Session, data_run: str | None = None, run_id: str | None = None
     """Check a build-data run against the benchmark; write report.json; a failed check is an error (it blocks train)."""
     contract, result = session.contract, StageResult("contamination")
     data_dir = session.finished_run("build-data", data_run)
-    run = session.begin(result, run_id, inputs=[data_dir])
+    benchmarks = {benchmark.name: (benchmark, load_benchmark(contract, benchmark)) for benchmark in contract.benchmark_specs}
+    fingerprint = {"benchmark_questions_sha256": {name: questions_sha256(questions) for name, (_, questions) in benchmarks.items()}}
+    run = session.begin(result, run_id, inputs=[data_dir], fingerprint=fingerprint)
     if run is not None:
-        report = check(contract, data_dir, load_benchmark(contract))
+        report = check(contract, data_dir, benchmarks)
         write_json_atomic(run.path(REPORT), report)
         run.add_input(data_dir, ["train.jsonl", "val.jsonl"])
         split = report["train_val_overlap"]
-        key_figure = {"status": report["status"], "exact": report["exact_overlap"]["count"], "ngram": report["ngram_overlap"]["count"],
+        key_figure = {"status": report["status"], "exact": exact_count(report), "ngram": sum(b["ngram_overlap"]["count"] for b in report["benchmarks"].values()),
                       "train_val": len(split["row_ids"]) + len(split["problems"])}
-        run.finish([REPORT], key_figure=key_figure, extra={"data_run": data_dir.name})
+        run.finish([REPORT], key_figure=key_figure, extra={"data_run": data_dir.name, **fingerprint})
         result.done.append(run.run_id)
     report_path = require_contamination_pass(contract, data_dir.name)
     result.lines.append(f"contamination: pass for {data_dir.name}; {report_path}")
     return result
 
 
-def check(contract: Contract, data_dir: Path, benchmark: list[dict]) -> dict:
-    """The report: exact and n-gram overlap of the checked sources with the benchmark, train/validation overlap."""
+def check(contract: Contract, data_dir: Path, benchmarks: dict[str, tuple[Benchmark, list[dict]]]) -> dict:
+    """The report: per benchmark, exact and n-gram overlap of its checked sources with it; train/validation overlap."""
     train, val = read_jsonl(data_dir / "train.jsonl"), read_jsonl(data_dir / "val.jsonl")
-    checked_sources = set(contract.contamination.benchmark_sources)
-    checked = [{**row, "split": side} for side, rows in (("train", train), ("val", val)) for row in rows if row["problem_source"] in checked_sources]
-    exact = exact_overlap(checked, benchmark)
-    near = ngram_overlap(checked, benchmark, contract.contamination.ngram)
+    per_benchmark = {name: check_benchmark(contract, train, val, benchmark, questions) for name, (benchmark, questions) in benchmarks.items()}
     split = train_val_overlap(train, val)
-    failed = bool(exact or split["row_ids"] or split["problems"])
-    log.log(logging.ERROR if failed else logging.INFO, "contamination of %s: %s (exact %d, %d-gram %d, train/val row ids %d, problems %d)",
-            data_dir.name, "fail" if failed else "pass", len(exact), contract.contamination.ngram, len(near), len(split["row_ids"]), len(split["problems"]))
-    return {
-        "status": "fail" if failed else "pass",
-        "data_run": data_dir.name,
-        "benchmark": {"source": contract.benchmark.source, "split": contract.benchmark.split, "questions": len(benchmark), "questions_sha256": questions_sha256(benchmark)},
-        "checked_sources": sorted(checked_sources),
-        "rows_checked": len(checked),
-        "exact_overlap": {"count": len(exact), "pairs": exact},
-        "ngram_overlap": {"n": contract.contamination.ngram, "count": len(near), "pairs": near},
-        "train_val_overlap": split,
-        "fix": FIX if failed else None,
-    }
+    failed = bool(any(b["exact_overlap"]["count"] for b in per_benchmark.values()) or split["row_ids"] or split["problems"])
+    log.log(logging.ERROR if failed else logging.INFO, "contamination of %s: %s (%s; train/val row ids %d, problems %d)", data_dir.name,
+            "fail" if failed else "pass", ", ".join(f"{name}: exact {b['exact_overlap']['count']}, {contract.contamination.ngram}-gram {b['ngram_overlap']['count']}"
+                                                    for name, b in per_benchmark.items()), len(split["row_ids"]), len(split["problems"]))
+    return {"status": "fail" if failed else "pass", "data_run": data_dir.name, "benchmarks": per_benchmark, "train_val_overlap": split,
+            "fix": FIX if failed else None}
+
+
+def check_benchmark(contract: Contract, train: list[dict], val: list[dict], benchmark: Benchmark, questions: list[dict]) -> dict:
+    """Exact and n-gram overlap between one benchmark and the training rows of the sources checked against it."""
+    checked_sources = set(benchmark.checked_sources)
+    checked = [{**row, "split": side} for side, rows in (("train", train), ("val", val)) for row in rows if row["problem_source"] in checked_sources]
+    exact = exact_overlap(checked, questions)
+    near = ngram_overlap(checked, questions, contract.contamination.ngram)
+    return {"source": benchmark.source, "split": benchmark.split, "format": benchmark.format, "questions": len(questions),
+            "questions_sha256": questions_sha256(questions), "checked_sources": sorted(checked_sources), "rows_checked": len(checked),
+            "exact_overlap": {"count": len(exact), "pairs": exact}, "ngram_overlap": {"n": contract.contamination.ngram, "count": len(near), "pairs": near}}
+
+
+def exact_count(report: dict) -> int:
+    """Exact benchmark overlaps in a report (one section per benchmark; reports of loraexp before 0.2 had one top-level section)."""
+    if "benchmarks" in report:
+        return sum(b["exact_overlap"]["count"] for b in report["benchmarks"].values())
+    return report["exact_overlap"]["count"]
 
 
 def exact_overlap(checked: list[dict], benchmark: list[dict]) -> list[dict]:
@@ -162,6 +172,6 @@ def require_contamination_pass(contract: Contract, data_run_id: str) -> Path:
     report = read_json(report_path)
     if report.get("status") != "pass":
         split = report["train_val_overlap"]
-        raise UserError(f"contamination check failed ({report['exact_overlap']['count']} exact benchmark overlaps, "
+        raise UserError(f"contamination check failed ({exact_count(report)} exact benchmark overlaps, "
                         f"{len(split['row_ids']) + len(split['problems'])} train/val overlaps; see {report_path}): training is refused; {FIX}")
     return report_path

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from loraexp.artifacts import Run
 from loraexp.chat import generation_prompt_tokens, stop_token_id
-from loraexp.contracts import Contract
+from loraexp.contracts import Benchmark, Contract
 from loraexp.data.sources import load_benchmark
 from loraexp.errors import UserError
 from loraexp.files import JsonlWriter, read_json, read_jsonl, write_json_atomic
@@ -35,18 +35,18 @@ log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.jsonl"
 
 
-def eval_contract(contract: Contract) -> dict:
-    """Everything that decides a score: decoding, prompt, tokenizer, benchmark. Baseline and checkpoints must share it."""
+def eval_contract(contract: Contract, benchmark: Benchmark) -> dict:
+    """Everything that decides a score: decoding, prompt, tokenizer, benchmark, scorers. Baseline and checkpoints must share it."""
     return {
-        "eval": contract.eval.model_dump(mode="json"), "benchmark": contract.benchmark.model_dump(mode="json"),
+        "eval": contract.eval.model_dump(mode="json"), "benchmark": benchmark.model_dump(mode="json"),
         "system_prompt": contract.render.system_prompt, "enable_thinking": contract.render.enable_thinking,
         "tokenizer": contract.render.tokenizer, "base_model": contract.experiment.base_model,
         "scorer": scorer_identity(),
     }
 
 
-def eval_contract_sha256(contract: Contract) -> str:
-    return hashlib.sha256(orjson.dumps(eval_contract(contract), option=orjson.OPT_SORT_KEYS)).hexdigest()
+def eval_contract_sha256(contract: Contract, benchmark: Benchmark) -> str:
+    return hashlib.sha256(orjson.dumps(eval_contract(contract, benchmark), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def _sha(value: Any) -> str:
@@ -124,17 +124,18 @@ async def check_determinism(client: Any, examples: list[dict], rows_by_id: dict[
     if disagreements:
         log.warning("DETERMINISM: %d of %d greedy re-samples differ from the first pass (e.g. %s); "
                     "temperature-0 sampling is not deterministic on this backend", len(disagreements), checked, disagreements[:3])
-    return {"checked": checked, "agreed": checked - len(disagreements), "agreement": (checked - len(disagreements)) / checked if checked else None,
-            "disagreeing_example_ids": disagreements}
+    return {"checked": checked, "agreed": checked - len(disagreements), "mismatches": len(disagreements),
+            "agreement": (checked - len(disagreements)) / checked if checked else None, "disagreeing_example_ids": disagreements}
 
 
-def summarize(contract: Contract, rows: list[dict], model: dict, determinism: dict) -> dict:
+def summarize(contract: Contract, benchmark: Benchmark, rows: list[dict], model: dict, determinism: dict) -> dict:
     total = len(rows)
     prompt_tokens = sum(r["prompt_tokens"] for r in rows)
     generated_tokens = sum(r["generated_tokens"] for r in rows)
     prices = contract.prices
     return {
-        "condition": model["condition"], "seed": model["seed"], "checkpoint_step": model.get("step"), "sampler_path": model.get("sampler_path"),
+        "condition": model["condition"], "seed": model["seed"], "benchmark": benchmark.name, "checkpoint_step": model.get("step"),
+        "sampler_path": model.get("sampler_path"),
         "strict_accuracy": sum(r["correct"] for r in rows) / total, "lenient_accuracy": sum(r["lenient_correct"] for r in rows) / total,
         "correct": sum(r["correct"] for r in rows), "lenient_correct": sum(r["lenient_correct"] for r in rows), "total": total,
         "extraction_failures": sum(r["extracted"] is None for r in rows), "truncations": sum(r["stop_reason"] == "length" for r in rows),
@@ -143,36 +144,42 @@ def summarize(contract: Contract, rows: list[dict], model: dict, determinism: di
         "generation": {"temperature": contract.eval.temperature, "max_new_tokens": contract.eval.max_new_tokens, "stop": "<|im_end|>",
                        "enable_thinking": contract.render.enable_thinking, "num_samples": 1, "concurrency": contract.eval.concurrency,
                        "system_prompt": contract.render.system_prompt},
-        "eval_contract_sha256": eval_contract_sha256(contract), "eval_contract": eval_contract(contract),
+        "eval_contract_sha256": eval_contract_sha256(contract, benchmark), "eval_contract": eval_contract(contract, benchmark),
         "determinism": determinism,
     }
 
 
 def run(session: Session, condition: str | None = None, seed: int | None = None, checkpoint: str | None = None, baseline_only: bool = False,
-        limit: int | None = None, render_run: str | None = None) -> StageResult:
-    """Evaluate the baseline first, then every exported checkpoint (or the one `checkpoint`), each in its own run."""
+        limit: int | None = None, render_run: str | None = None, benchmark: str | None = None) -> StageResult:
+    """Evaluate the baseline first, then every exported checkpoint (or the one `checkpoint`), on every benchmark, each in its own run."""
     contract, result = session.contract, StageResult("eval")
-    check_flags(contract, condition, seed, checkpoint, limit)
+    check_flags(contract, condition, seed, checkpoint, limit, benchmark)
     render_dir = session.finished_run("render", render_run)
     models, export_dir = models_to_evaluate(session, condition, seed, checkpoint, baseline_only)
-    tokenizer, benchmark = load_saved_tokenizer(render_dir), load_benchmark(contract)
+    tokenizer = load_saved_tokenizer(render_dir)
+    benchmarks = [(b, load_benchmark(contract, b)) for b in contract.benchmark_specs if benchmark in (None, b.name)]
     for model in models:
+        exported = export_dir is not None and model["seed"] is not None
         parts = ["baseline"] if model["seed"] is None else [model["condition"], f"seed{model['seed']}"]
-        run_id = session.run_id("eval", *parts) + (f"-probe{limit}" if limit else "")
-        inputs = [render_dir] + ([export_dir] if export_dir and model["seed"] is not None else [])
-        run = session.begin(result, run_id, inputs=inputs)
-        if run is None:
-            continue
-        run.add_input(render_dir, ["tokenizer/tokenizer.json"])
-        if export_dir and model["seed"] is not None:
-            run.add_input(export_dir, ["exports.json"])
-        summary = evaluate(contract, session.service.tagged("eval", run_id), run, tokenizer, benchmark, model, limit, session.progress)
-        result.finished(run_id, f"{run_id}: strict accuracy {summary['strict_accuracy']:.4f} ({summary['correct']}/{summary['total']}), "
-                                f"lenient {summary['lenient_accuracy']:.4f}")
+        client = None  # one sampler per model, shared by its benchmarks, made only when one of them has work left
+        for spec, questions in benchmarks:
+            run_id = session.run_id("eval", *contract.benchmark_parts(spec), *parts) + (f"-probe{limit}" if limit else "")
+            run = session.begin(result, run_id, inputs=[render_dir] + ([export_dir] if exported else []))
+            if run is None:
+                continue
+            run.add_input(render_dir, ["tokenizer/tokenizer.json"])
+            if exported:
+                run.add_input(export_dir, ["exports.json"])
+            service = session.service_for("eval").tagged("eval", run_id)
+            run.facts["service"] = session.service_facts("eval")
+            client = client or service.sampling_client(model_path=model.get("sampler_path"), base_model=contract.experiment.base_model)
+            summary = evaluate(contract, spec, service, client, run, tokenizer, questions, model, limit, session.progress)
+            result.finished(run_id, f"{run_id}: strict accuracy {summary['strict_accuracy']:.4f} ({summary['correct']}/{summary['total']}), "
+                                    f"lenient {summary['lenient_accuracy']:.4f}")
     return result
 
 
-def check_flags(contract: Contract, condition: str | None, seed: int | None, checkpoint: str | None, limit: int | None) -> None:
+def check_flags(contract: Contract, condition: str | None, seed: int | None, checkpoint: str | None, limit: int | None, benchmark: str | None) -> None:
     if checkpoint and (condition is None or seed is None):
         raise UserError("--checkpoint needs --condition and --seed, so the predictions are filed under the right run")
     if checkpoint and not checkpoint.startswith("tinker://"):
@@ -181,6 +188,9 @@ def check_flags(contract: Contract, condition: str | None, seed: int | None, che
         raise UserError(f"--limit must be a positive number of questions (got {limit}); leave it out to evaluate the whole benchmark")
     if condition is not None:
         contract.condition(condition)
+    names = [b.name for b in contract.benchmark_specs]
+    if benchmark is not None and benchmark not in names:
+        raise UserError(f"unknown benchmark {benchmark!r}; this contract has: {', '.join(names)}")
 
 
 def models_to_evaluate(session: Session, condition: str | None, seed: int | None, checkpoint: str | None, baseline_only: bool) -> tuple[list[dict], Path | None]:
@@ -196,17 +206,16 @@ def models_to_evaluate(session: Session, condition: str | None, seed: int | None
                          for e in exports if (condition is None or e["condition"] == condition) and (seed is None or e["seed"] == seed)], export_dir
 
 
-def evaluate(contract: Contract, service: Service, run: Run, tokenizer: Any, benchmark: list[dict], model: dict, limit: int | None = None,
-             progress: bool = True) -> dict:
-    """Evaluate one model (baseline: sampler_path None) on the benchmark; resume from predictions.jsonl."""
-    examples = build_examples(contract, tokenizer, benchmark, limit if limit is not None else contract.eval.limit)
+def evaluate(contract: Contract, benchmark: Benchmark, service: Service, client: Any, run: Run, tokenizer: Any, questions: list[dict], model: dict,
+             limit: int | None = None, progress: bool = True) -> dict:
+    """Evaluate one model (baseline: sampler_path None) on one benchmark; resume from predictions.jsonl; check determinism."""
+    examples = build_examples(contract, tokenizer, questions, limit if limit is not None else contract.eval.limit)
     if not examples:
-        raise UserError("the benchmark has no usable question; check benchmark.source")
+        raise UserError(f"benchmark {benchmark.name} has no usable question; check its source")
     done = {row["example_id"]: row for row in (read_jsonl(run.path(PREDICTIONS)) if run.path(PREDICTIONS).exists() else [])}
     pending = [ex for ex in examples if ex["example_id"] not in done]
     if done:
         log.info("%s: resuming, %d of %d examples already scored", run.run_id, len(done), len(examples))
-    client = service.sampling_client(model_path=model.get("sampler_path"), base_model=contract.experiment.base_model)
     params = sampling_params(contract, tokenizer)
     with JsonlWriter(run.path(PREDICTIONS)) as writer:
         asyncio.run(generate_all(client, pending, params, tokenizer, writer, contract.eval.concurrency, run.run_id, progress, service.retry))
@@ -214,8 +223,14 @@ def evaluate(contract: Contract, service: Service, run: Run, tokenizer: Any, ben
     rows = [rows_by_id[ex["example_id"]] for ex in examples]
     subset = examples[: contract.eval.determinism_subset]
     determinism = asyncio.run(check_determinism(client, subset, rows_by_id, params, tokenizer, contract.eval.concurrency, service.retry))
-    summary = summarize(contract, rows, model, determinism)
+    determinism["allowed_mismatches"] = contract.eval.max_determinism_mismatches
+    summary = summarize(contract, benchmark, rows, model, determinism)
     write_json_atomic(run.path("summary.json"), summary)
-    run.finish([PREDICTIONS, "summary.json"], key_figure={"accuracy": summary["strict_accuracy"], "lenient": summary["lenient_accuracy"]})
+    if determinism["mismatches"] > contract.eval.max_determinism_mismatches:
+        raise UserError(f"{run.run_id}: {determinism['mismatches']} of {determinism['checked']} greedy re-samples differ from the first pass "
+                        f"(eval.max_determinism_mismatches = {contract.eval.max_determinism_mismatches}): temperature-0 sampling is not "
+                        f"deterministic on this backend, so its scores would not reproduce; see {run.path('summary.json')}")
+    run.finish([PREDICTIONS, "summary.json"], key_figure={"accuracy": summary["strict_accuracy"], "lenient": summary["lenient_accuracy"],
+                                                         "determinism_mismatches": determinism["mismatches"]})
     log.info("%s: strict accuracy %.4f (%d/%d), lenient %.4f", run.run_id, summary["strict_accuracy"], summary["correct"], summary["total"], summary["lenient_accuracy"])
     return summary

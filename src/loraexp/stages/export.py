@@ -40,7 +40,8 @@ def run(session: Session, push_repo: str | None = None, run_id: str | None = Non
     run = session.begin(result, run_id, inputs=train_dirs)
     if run is None:
         return result
-    service = session.service.tagged("export", run.run_id)
+    service = session.service_for("export").tagged("export", run.run_id)
+    run.facts["service"] = session.service_facts("export")
     exports = []
     for train_dir in train_dirs:
         run.add_input(train_dir, ["summary.json", "checkpoints.jsonl"])
@@ -65,7 +66,8 @@ def export_one(contract: Contract, service: Service, summary: dict, out_dir: Pat
     adapter_dir = out_dir / "checkpoints" / "best-checkpoints" / summary["condition"] / f"seed-{summary['seed']}" / f"step-{summary['selected_step']}"
     external_path = download_adapter(service, client, name, adapter_dir)
     facts = inspect_adapter(adapter_dir)
-    found = deviations(facts, contract.condition(summary["condition"]), contract.lora.rank, trained=True)
+    condition = contract.condition(summary["condition"])
+    found = deviations(facts, condition, contract.rank_of(condition), trained=True)
     if found:
         raise UserError(f"export refused {name}: the adapter the engine returned is not the condition's: {'; '.join(found)} ({adapter_dir})")
     return {

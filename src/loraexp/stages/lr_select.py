@@ -53,8 +53,9 @@ def run_point(session: Session, parent: Run, render_dir: Path, point: tuple[Lora
         child.add_input(render_dir, ["train.jsonl", "val.jsonl"])
         plan = make_plan(contract, lr, batch_size, len(train_datums), contract.lr_select.seed,
                          total_steps=contract.lr_select.steps, cadence=contract.lr_select.validate_at)
-        service = session.service.tagged("lr-select", child_id)
-        records = train_with_resume(service, contract.experiment.base_model, contract.lora.rank, condition, plan, train_datums, val_datums,
+        service = session.service_for("lr-select").tagged("lr-select", child_id)
+        child.facts["service"] = session.service_facts("lr-select")
+        records = train_with_resume(service, contract.experiment.base_model, contract.rank_of(condition), condition, plan, train_datums, val_datums,
                                     child.dir, child_id, session.progress)
         result = {"condition": condition.name, "learning_rate": lr, "batch_size": batch_size,
                   "val_nll": {str(r["step"]): r["val_nll"] for r in records},
@@ -88,7 +89,7 @@ def select_per_condition(contract: Contract, entries: list[dict]) -> dict:
 
 def timed_probe(service: Service, contract: Contract, condition: LoraCondition, plan: LoopPlan, train_datums: Sequence[tinker.Datum], shape: str) -> tuple[TrainingLoop, float]:
     """`plan.total_steps` steps on a fresh client in one request shape; (the loop, seconds)."""
-    client = service.new_training_client(contract.experiment.base_model, contract.lora.rank, contract.lr_select.seed, condition)
+    client = service.new_training_client(contract.experiment.base_model, contract.rank_of(condition), contract.lr_select.seed, condition)
     loop = TrainingLoop(service, client, plan, train_datums, [], None, LoopState(), progress=False, label=shape)
     started = time.perf_counter()
     loop.run()
@@ -130,7 +131,8 @@ def run(session: Session, render_run: str | None = None, run_id: str | None = No
                  "seed": select.seed, "train_rows": len(train_datums), "val_rows": len(val_datums),
                  "conditions": select_per_condition(contract, entries)}
     write_json_atomic(run.path("selection.json"), selection)
-    throughput = probe_throughput(contract, session.service.tagged("lr-select", run.run_id), train_datums)
+    throughput = probe_throughput(contract, session.service_for("lr-select").tagged("lr-select", run.run_id), train_datums)
+    run.facts["service"] = session.service_facts("lr-select")
     write_json_atomic(run.path("throughput.json"), {"shapes": throughput})
     run.finish(["selection.json", "throughput.json"], key_figure={name: choice["selected_lr"] for name, choice in selection["conditions"].items()})
     result.done.append(run.run_id)

@@ -165,20 +165,21 @@ def dollars(tokens: float, per_million: float) -> float:
     return round(tokens * per_million / 1e6, 4)
 
 
-def benchmark_prompt_tokens(contract: Contract, tokenizer: Any) -> list[int] | None:
-    """Generation-prompt length of every benchmark question, or None when the benchmark cannot be read (offline)."""
-    try:
-        benchmark = load_benchmark(contract)
-    except UserError as exc:
-        log.warning("budget: benchmark not readable, eval cost left null (%s)", exc)
-        return None
-    if contract.eval.limit:
-        benchmark = benchmark[: contract.eval.limit]
-    render = contract.render
-    return [len(generation_prompt_tokens(tokenizer, render.system_prompt, row["question"], render.enable_thinking)) for row in benchmark]
+def benchmark_prompt_tokens(contract: Contract, tokenizer: Any) -> dict[str, list[int]] | None:
+    """Per benchmark, the generation-prompt length of every question; None when a benchmark cannot be read (offline)."""
+    render, prompts = contract.render, {}
+    for benchmark in contract.benchmark_specs:
+        try:
+            questions = load_benchmark(contract, benchmark)
+        except UserError as exc:
+            log.warning("budget: benchmark %s not readable, eval cost left null (%s)", benchmark.name, exc)
+            return None
+        questions = questions[: contract.eval.limit] if contract.eval.limit else questions
+        prompts[benchmark.name] = [len(generation_prompt_tokens(tokenizer, render.system_prompt, row["question"], render.enable_thinking)) for row in questions]
+    return prompts
 
 
-def estimate_budget(contract: Contract, rendered: dict[str, list[dict]], bench_prompt_tokens: list[int] | None) -> dict:
+def estimate_budget(contract: Contract, rendered: dict[str, list[dict]], bench_prompt_tokens: dict[str, list[int]] | None) -> dict:
     """Tokens and USD for training (per epoch, run, sweep), validation, lr-select and evaluation at contract prices."""
     prices, train, select = contract.prices, contract.train, contract.lr_select
     train_rows, val_rows = rendered["train"], rendered["val"]
@@ -196,10 +197,13 @@ def estimate_budget(contract: Contract, rendered: dict[str, list[dict]], bench_p
     models = 1 + conditions * seeds  # the untouched base + every final run
     evaluation = None
     if bench_prompt_tokens is not None:
-        prefill, sampled = sum(bench_prompt_tokens), len(bench_prompt_tokens) * contract.eval.max_new_tokens
-        per_model = dollars(prefill, prices.prefill_per_million) + dollars(sampled, prices.sample_per_million)
-        evaluation = {"questions": len(bench_prompt_tokens), "prompt_tokens_per_model": prefill, "max_sampled_tokens_per_model": sampled,
-                      "models": models, "usd_per_model": round(per_model, 4), "usd_all_models": round(per_model * models, 4)}
+        per_benchmark = {}
+        for name, prompts in bench_prompt_tokens.items():
+            prefill, sampled = sum(prompts), len(prompts) * contract.eval.max_new_tokens
+            per_model = dollars(prefill, prices.prefill_per_million) + dollars(sampled, prices.sample_per_million)
+            per_benchmark[name] = {"questions": len(prompts), "prompt_tokens_per_model": prefill, "max_sampled_tokens_per_model": sampled,
+                                   "usd_per_model": round(per_model, 4), "usd_all_models": round(per_model * models, 4)}
+        evaluation = {"models": models, "benchmarks": per_benchmark, "usd_all_models": round(sum(b["usd_all_models"] for b in per_benchmark.values()), 4)}
     training = {
         "train_rows": len(train_rows), "steps_per_epoch": spe, "epochs": train.epochs,
         "tokens_per_epoch": per_epoch, "usd_per_epoch": dollars(per_epoch, prices.train_per_million),

@@ -40,13 +40,17 @@ def run(session: Session, condition: str | None = None, seed: int | None = None,
     if data_dir is None:
         raise UserError(f"render run {render_dir.name} records no finished build-data run; rerun `loraexp render`")
     require_contamination_pass(contract, data_dir.name)  # the data these rows were rendered from, not the default data run
-    lr_dir = None if contract.train.learning_rate is not None else session.finished_run("lr-select", lr_select_run)
-    for lora_condition, lora_seed in selected(contract, condition, seed):
+    pairs = selected(contract, condition, seed)
+    inherits = [c.name for c, _ in pairs if c.learning_rate is None and contract.train.learning_rate is None]
+    lr_dir = session.finished_run("lr-select", lr_select_run) if inherits else None
+    for lora_condition, lora_seed in pairs:
         run_id = session.run_id("train", lora_condition.name, f"seed{lora_seed}")
         run = session.begin(result, run_id, inputs=[render_dir, *([lr_dir] if lr_dir else [])])
         if run is None:
             continue
-        summary = train_one(contract, session.service.tagged("train", run_id), run, render_dir, lora_condition, lora_seed, lr_dir, session.progress)
+        service = session.service_for("train").tagged("train", run_id)
+        run.facts["service"] = session.service_facts("train")
+        summary = train_one(contract, service, run, render_dir, lora_condition, lora_seed, lr_dir, session.progress)
         result.finished(run_id, f"{run_id}: selected step {summary['selected_step']} (val NLL {summary['val_nll']:.4f})")
     return result
 
@@ -59,7 +63,9 @@ def selected(contract: Contract, condition: str | None, seed: int | None) -> lis
 
 
 def learning_rate_for(contract: Contract, condition: LoraCondition, lr_select_dir: Path | None) -> tuple[float, int, str]:
-    """(peak LR, batch size, where they came from): pinned in the contract, or inherited from lr-select."""
+    """(peak LR, batch size, where they came from): the condition's own, the contract's, or lr-select's choice for the condition."""
+    if condition.learning_rate is not None:
+        return condition.learning_rate, contract.train.batch_size, f"pinned in the contract ([[lora.conditions]] {condition.name} learning_rate)"
     if contract.train.learning_rate is not None:
         return contract.train.learning_rate, contract.train.batch_size, "pinned in the contract (train.learning_rate)"
     if lr_select_dir is None:
@@ -79,11 +85,11 @@ def train_one(contract: Contract, service: Service, run: Run, render_dir: Path, 
     train_datums = load_datums(render_dir / "train.jsonl")
     val_datums = load_datums(render_dir / "val.jsonl")
     plan = make_plan(contract, peak_lr, batch_size, len(train_datums), seed)
-    records = train_with_resume(service, contract.experiment.base_model, contract.lora.rank, condition, plan, train_datums, val_datums,
+    records = train_with_resume(service, contract.experiment.base_model, contract.rank_of(condition), condition, plan, train_datums, val_datums,
                                 run.dir, run.run_id, progress)
     best = select_checkpoint(records)
     summary = {
-        "condition": condition.name, "seed": seed, "learning_rate": peak_lr, "lr_source": lr_source,
+        "condition": condition.name, "seed": seed, "rank": contract.rank_of(condition), "learning_rate": peak_lr, "lr_source": lr_source,
         "batch_size": batch_size, "total_steps": plan.total_steps, "warmup_steps": plan.schedule.warmup_steps,
         "cadence": list(plan.cadence), "selected_step": best["step"], "val_nll": best["val_nll"],
         "train_tokens": records[-1]["cumulative_tokens"], "val_tokens": best["val_tokens"],

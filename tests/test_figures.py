@@ -1,31 +1,30 @@
-"""The figures stage on a synthetic artifacts tree: 2 conditions x 3 seeds + baseline, 40 questions.
+"""The figures stage on synthetic artifacts trees: hand-checked numbers, verdicts, N conditions, several benchmarks.
 
-Per seed s: both conditions get questions 0-19 right; attention_only also gets 20 .. 23+s (4+s
-questions only it answers); all_layer also gets `b_only[s]` questions from 26 on (at most 14). The baseline gets
-0-19 right. The lenient scorer additionally accepts question 39 everywhere.
+Two conditions x 3 seeds + baseline, 40 questions. Per seed s: both conditions get questions 0-19 right;
+attention_only also gets 20 .. 23+s (4+s questions only it answers); all_layer also gets `b_only[s]` questions
+from 26 on (at most 14). The baseline gets 0-19 right. The lenient scorer additionally accepts question 39.
+The wider tree adds a third condition (attention-only at rank 16) and a second benchmark of the math format.
 """
 
 from __future__ import annotations
 
-import re
 from math import comb
 from pathlib import Path
 
 import orjson
 import pytest
-from typer.testing import CliRunner
 
+from datakit import cli, dump_contract
+from loraexp.analysis.stats import holm
 from loraexp.artifacts import open_run
+from loraexp.contracts import Contract, load_contract
 from loraexp.files import write_json_atomic, write_jsonl
-from loraexp.cli import app
-from loraexp.contracts import load_contract
 
 N = 40
 SEEDS = (0, 1, 2)
-CONDITIONS = ("attention_only", "all_layer")
 EVAL_HASH = "e" * 64
 FIGURES = ("fig_01_comparison", "fig_02_costs", "fig_03_accuracy", "fig_04_disagreement", "fig_05_validation_nll",
-           "fig_06_lr_selection", "fig_07_disagreement_examples", "fig_08_throughput")
+           "fig_06_lr_selection", "fig_07_disagreement_examples", "fig_08_throughput", "fig_09_size_accuracy")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 
 
@@ -39,6 +38,8 @@ def correct_set(condition: str, seed: int, b_only: list[int]) -> set[int]:
         return set(range(20))
     if condition == "attention_only":
         return set(range(24 + seed))
+    if condition == "attention_r16":
+        return set(range(20)) | set(range(26, 30))
     return set(range(20)) | set(range(26, 26 + b_only[seed]))
 
 
@@ -57,8 +58,8 @@ def prediction_rows(correct: set[int]) -> list[dict]:
     return rows
 
 
-def write_eval(contract, condition: str, seed: int | None, rows: list[dict]) -> None:
-    run_id = "demo-eval-baseline" if seed is None else f"demo-eval-{condition}-seed{seed}"
+def write_eval(contract: Contract, parts: list[str], condition: str, seed: int | None, rows: list[dict]) -> None:
+    run_id = "-".join(["demo-eval", *parts, "baseline" if seed is None else f"{condition}-seed{seed}"])
     run = open_run(contract, "eval", run_id)
     write_jsonl(run.path("predictions.jsonl"), rows)
     correct, lenient = sum(r["correct"] for r in rows), sum(r["lenient_correct"] for r in rows)
@@ -66,15 +67,16 @@ def write_eval(contract, condition: str, seed: int | None, rows: list[dict]) -> 
         "condition": condition, "seed": seed, "checkpoint_step": None if seed is None else 30, "sampler_path": None,
         "strict_accuracy": correct / N, "lenient_accuracy": lenient / N, "correct": correct, "lenient_correct": lenient, "total": N,
         "extraction_failures": 0, "truncations": 0, "prompt_tokens": 30 * N, "generated_tokens": 20 * N, "cost_usd": (30 * N * 0.13 + 20 * N * 0.4) / 1e6,
-        "generation": {"temperature": 0.0, "max_new_tokens": 64, "enable_thinking": False}, "eval_contract_sha256": EVAL_HASH,
-        "determinism": {"checked": 16, "agreed": 16, "agreement": 1.0},
+        "generation": {"temperature": 0.0, "max_new_tokens": 64, "enable_thinking": False}, "eval_contract_sha256": EVAL_HASH + "-".join(parts),
+        "eval_contract": {"scorer": {"strict": "last box", "lenient": "math-verify", "code_sha256": "c" * 64, "math_verify": "0.9.0"}},
+        "determinism": {"checked": 16, "agreed": 16, "mismatches": 0, "agreement": 1.0},
     })
     run.finish(["predictions.jsonl", "summary.json"])
 
 
-def write_train(contract, condition: str, seed: int) -> None:
+def write_train(contract: Contract, condition: str, seed: int, index: int) -> None:
     run = open_run(contract, "train", f"demo-train-{condition}-seed{seed}")
-    offset = 0.1 * CONDITIONS.index(condition) + 0.01 * seed
+    offset = 0.1 * index + 0.01 * seed
     write_jsonl(run.path("metrics.jsonl"), [
         {"step": step, "epoch": 0, "progress": step / 30, "learning_rate": 3e-3, "train_nll": 2.0 - step / 30, "tokens": 1000, "loss_tokens": 400,
          "cumulative_tokens": 1000 * step, "cost_usd": 1000 * step * 0.4e-6, "seconds": 0.1} for step in range(1, 31)])
@@ -83,7 +85,7 @@ def write_train(contract, condition: str, seed: int) -> None:
         {"step": step, "next_step": step + 1, "name": f"step-{step:06d}", "state_path": f"tinker://x/{step}", "val_nll": value,
          "val_tokens": 500, "expires_at": "2099-01-01T00:00:00+00:00"} for step, value in nll.items()])
     write_json_atomic(run.path("summary.json"), {
-        "condition": condition, "seed": seed, "learning_rate": 3e-3, "lr_source": "lr-select run demo-lr-select", "selected_step": 20,
+        "condition": condition, "seed": seed, "learning_rate": 3e-3, "lr_source": "lr-select run demo-lr-select", "batch_size": 8, "selected_step": 20,
         "val_nll": nll[20], "train_tokens": 30_000, "val_tokens": 500, "cost_usd": 30_000 * 0.4e-6 + 3 * 2_000 * 0.4e-6,
         "checkpoint_name": "step-000020", "state_path": "tinker://x/20", "ttl_seconds": 604800, "expires_at": "2099-01-01T00:00:00+00:00",
         "selection_rule": "lowest validation NLL; exact tie -> later step",
@@ -91,10 +93,11 @@ def write_train(contract, condition: str, seed: int) -> None:
     run.finish(["metrics.jsonl", "checkpoints.jsonl", "summary.json"])
 
 
-def write_lr_select_and_export(contract) -> None:
+def write_lr_select_and_export(contract: Contract) -> None:
+    names = [c.name for c in contract.lora.conditions]
     run = open_run(contract, "lr-select", "demo-lr-select")
     conditions = {}
-    for index, condition in enumerate(CONDITIONS):
+    for index, condition in enumerate(names):
         grid = [{"learning_rate": lr, "batch_size": 8, "val_nll": {"20": nll + 0.2, "40": nll}, "final_val_nll": nll,
                  "child_run": f"demo-lr-select-{condition}-bs8-lr{lr:g}"} for lr, nll in ((1e-3, 1.6), (3e-3, 1.4 + 0.05 * index), (1e-2, 1.9))]
         grid.append({"learning_rate": 3e-3, "batch_size": 16, "val_nll": {"20": 1.7, "40": 1.5}, "final_val_nll": 1.5, "child_run": "x"})
@@ -107,30 +110,38 @@ def write_lr_select_and_export(contract) -> None:
     export = open_run(contract, "export", "demo-export")
     write_json_atomic(export.path("exports.json"), {"checkpoints": [
         {"condition": c, "seed": s, "step": 20, "state_path": "tinker://x/20", "sampler_path": f"tinker://x/sampler_weights/{c}-{s}",
-         "adapter_dir": f"checkpoints/best-checkpoints/{c}/seed-{s}/step-20", "adapter_bytes": 1_500_000 * (1 + CONDITIONS.index(c)),
-         "expires_at": "2099-01-01T00:00:00+00:00"} for c in CONDITIONS for s in SEEDS]})
+         "adapter_dir": f"checkpoints/best-checkpoints/{c}/seed-{s}/step-20", "adapter_bytes": 1_500_000 * (1 + names.index(c)),
+         "lora_r": contract.rank_of(contract.condition(c)), "lora_parameters": 100_000 * (1 + names.index(c)),
+         "expires_at": "2099-01-01T00:00:00+00:00"} for c in names for s in SEEDS]})
     export.finish(["exports.json"])
 
 
-def build_tree(tmp_path: Path, b_only: list[int], min_gap: float = 0.01) -> Path:
+def build_tree(tmp_path: Path, b_only: list[int], min_gap: float = 0.01, wide: bool = False) -> Path:
     """Write the synthetic runs under tmp_path/artifacts and return the config that points there."""
-    text = DEMO_CONFIG.read_text().replace('artifacts_dir = "artifacts"', f'artifacts_dir = "{tmp_path / "artifacts"}"')
-    text = re.sub(r"min_gap = [0-9.]+", f"min_gap = {min_gap}", text)
+    raw = load_contract(DEMO_CONFIG).model_dump(mode="json", exclude_none=True)
+    raw["experiment"]["artifacts_dir"] = str(tmp_path / "artifacts")
+    raw["decision"]["min_gap"] = min_gap
+    if wide:  # a third condition and a second benchmark (math format, not primary)
+        raw["lora"]["conditions"].append({"name": "attention_r16", "train_attn": True, "train_mlp": False, "train_unembed": False, "rank": 16})
+        raw["benchmarks"] = [{"name": "words", "source": "demo", "format": "gsm8k", "primary": True},
+                             {"name": "symbols", "source": "demo", "format": "math"}]
+        del raw["benchmark"]
+    contract = Contract.model_validate(raw)
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "demo.toml"
-    config.write_text(text)
+    config.write_text(dump_contract(raw))
     contract = load_contract(config)
-    write_eval(contract, "baseline", None, prediction_rows(correct_set("baseline", 0, b_only)))
-    for condition in CONDITIONS:
+    for benchmark in contract.benchmark_specs:
+        parts = contract.benchmark_parts(benchmark)
+        write_eval(contract, parts, "baseline", None, prediction_rows(correct_set("baseline", 0, b_only)))
+        for condition in contract.lora.conditions:
+            for seed in SEEDS:
+                write_eval(contract, parts, condition.name, seed, prediction_rows(correct_set(condition.name, seed, b_only)))
+    for index, condition in enumerate(contract.lora.conditions):
         for seed in SEEDS:
-            write_eval(contract, condition, seed, prediction_rows(correct_set(condition, seed, b_only)))
-            write_train(contract, condition, seed)
+            write_train(contract, condition.name, seed, index)
     write_lr_select_and_export(contract)
     return config
-
-
-def figures_cli(config: Path):
-    return CliRunner().invoke(app, ["figures", "--config", str(config)])
 
 
 def figures_dir(tmp_path: Path) -> Path:
@@ -139,8 +150,7 @@ def figures_dir(tmp_path: Path) -> Path:
 
 def test_figures_writes_every_figure_and_hand_checked_numbers(tmp_path):
     config = build_tree(tmp_path, b_only=[8, 8, 8])
-    result = figures_cli(config)
-    assert result.exit_code == 0, result.output
+    cli("figures", "--config", config)
     out = figures_dir(tmp_path)
     for name in FIGURES:
         for file in (f"{name}.png", f"{name}.pdf", "data.csv", "provenance.json"):
@@ -149,8 +159,9 @@ def test_figures_writes_every_figure_and_hand_checked_numbers(tmp_path):
         assert provenance["inputs"] and all(len(sha) == 64 for sha in provenance["inputs"].values())
         assert "commit" in provenance["git"]
     comparison = orjson.loads((out / "comparison.json").read_bytes())
-    accuracy = comparison["accuracy"]
-    assert comparison["benchmark_size"] == N
+    entry = comparison["benchmarks"]["benchmark"]
+    accuracy = entry["accuracy"]
+    assert entry["size"] == N and comparison["primary_benchmark"] == "benchmark"
     assert accuracy["baseline"]["strict"] == 0.5 and accuracy["baseline"]["lenient"] == 21 / 40
     a = accuracy["attention_only"]["strict"]
     assert a["per_seed"] == {"0": 0.6, "1": 0.625, "2": 0.65}
@@ -159,43 +170,75 @@ def test_figures_writes_every_figure_and_hand_checked_numbers(tmp_path):
     assert accuracy["attention_only"]["strict_delta_vs_baseline_points"] == pytest.approx(12.5)
     assert accuracy["all_layer"]["strict"]["mean"] == pytest.approx(0.7)
     assert accuracy["all_layer"]["lenient"]["mean"] == pytest.approx(29 / 40)
-    paired = comparison["comparison"]
-    assert [(s["a_only"], s["b_only"], s["both_correct"], s["both_wrong"]) for s in paired["per_seed"]] == [(4, 8, 20, 8), (5, 8, 20, 7), (6, 8, 20, 6)]
-    assert [s["mcnemar_p"] for s in paired["per_seed"]] == pytest.approx([exact_mcnemar(4, 8), exact_mcnemar(5, 8), exact_mcnemar(6, 8)])
-    assert (paired["pooled"]["a_only"], paired["pooled"]["b_only"]) == (15, 24)
-    assert paired["pooled"]["mcnemar_p"] == pytest.approx(exact_mcnemar(15, 24))
-    assert paired["gap_points"] == pytest.approx(-7.5)
-    assert paired["bootstrap"]["low"] < -0.075 < paired["bootstrap"]["high"]
-    assert paired["decision"] == "winner: all_layer" and paired["significant"] is False
+    pair = entry["comparisons"][0]
+    assert [(s["a_only"], s["b_only"], s["both_correct"], s["both_wrong"]) for s in pair["per_seed"]] == [(4, 8, 20, 8), (5, 8, 20, 7), (6, 8, 20, 6)]
+    assert [s["mcnemar_p"] for s in pair["per_seed"]] == pytest.approx([exact_mcnemar(4, 8), exact_mcnemar(5, 8), exact_mcnemar(6, 8)])
+    assert (pair["pooled_mcnemar"]["a_only"], pair["pooled_mcnemar"]["b_only"]) == (15, 24)
+    assert pair["pooled_mcnemar"]["p"] == pytest.approx(exact_mcnemar(15, 24))
+    assert pair["gap_points"] == pytest.approx(-7.5)
+    assert pair["intervals"]["item_only"]["low"] < -0.075 < pair["intervals"]["item_only"]["high"]
+    assert pair["rule"] == {"outcome": "winner: all_layer", "min_gap": 0.01, "applies": True}
+    assert pair["verdict"] == "inconclusive" and pair["p_adjusted"] == pair["item_level"]["sign_flip"]["p"]
     assert comparison["costs"][0]["adapter_mb"] == 1.5 and comparison["costs"][0]["val_tokens"] == 1500
     assert comparison["costs"][0]["val_usd"] == pytest.approx(3 * 2_000 * 0.4e-6)
     report = (out / "report.md").read_text()
-    assert "The rule names all_layer" in report and "not statistically significant" in report
+    decision = report.split("## Setting")[0]
+    assert decision.index("Declared rule") < decision.index("Verdict: **inconclusive**")
+    assert "all_layer ahead by 7.50 points (the rule reads the point estimate only)" in decision
+    assert "winner" not in report.lower() and "p = 0.000" not in report
     assert all(f"]({name}/{name}.png)" in report for name in FIGURES)
-    assert "3 training seeds" in report and "40 benchmark questions" in report and "greedy decoding, max_new_tokens 64" in report
-    assert "One benchmark (demo, 40 questions)" in report and "3 seeds change only what the seed changes" in report
+    for words in ("Base model: `loraexp/tiny-qwen3-demo`", "LoRA rank: attention_only r8, all_layer r8",
+                  "attention_only 0.003 (batch 8, lr-select run demo-lr-select)", "Strict scorer (primary", "Lenient scorer",
+                  "two-level bootstrap", "covers questions and, within each condition, its training seeds", "TOST against ±1.00 points",
+                  "Secondary: pooled McNemar", "treated as independent", "not evidence of no difference"):
+        assert words in report, words
 
 
-def test_inconclusive_inside_the_band_and_a_significant_winner_outside(tmp_path):
+def test_verdicts_difference_equivalence_and_the_rule_inside_its_band(tmp_path):
     tie = build_tree(tmp_path / "tie", b_only=[4, 5, 6])  # same accuracy every seed, still 4-6 discordant each way
-    assert figures_cli(tie).exit_code == 0
-    comparison = orjson.loads((figures_dir(tmp_path / "tie") / "comparison.json").read_bytes())
-    assert comparison["comparison"]["decision"] == "inconclusive" and comparison["comparison"]["gap"] == 0
-    assert comparison["comparison"]["pooled"]["mcnemar_p"] == 1.0
-    assert "**No winner.**" in (figures_dir(tmp_path / "tie") / "report.md").read_text()
+    cli("figures", "--config", tie)
+    pair = orjson.loads((figures_dir(tmp_path / "tie") / "comparison.json").read_bytes())["benchmarks"]["benchmark"]["comparisons"][0]
+    assert pair["rule"]["outcome"] == "inconclusive" and pair["gap"] == 0 and pair["pooled_mcnemar"]["p"] == 1.0
+    assert pair["verdict"] == "inconclusive"  # 40 questions cannot show equivalence within 1 point
+    wide_band = build_tree(tmp_path / "band", b_only=[4, 5, 6], min_gap=0.3)
+    cli("figures", "--config", wide_band)
+    pair = orjson.loads((figures_dir(tmp_path / "band") / "comparison.json").read_bytes())["benchmarks"]["benchmark"]["comparisons"][0]
+    assert pair["verdict"] == "equivalent" and pair["equivalence"]["ci_high"] < 0.3
+    assert "**equivalent within ±30.00 points**" in (figures_dir(tmp_path / "band") / "report.md").read_text()
 
     wide = build_tree(tmp_path / "wide", b_only=[14, 14, 14], min_gap=0.05)
-    assert figures_cli(wide).exit_code == 0
-    comparison = orjson.loads((figures_dir(tmp_path / "wide") / "comparison.json").read_bytes())
-    assert comparison["comparison"]["decision"] == "winner: all_layer" and comparison["comparison"]["significant"] is True
-    assert "**all_layer is ahead**" in (figures_dir(tmp_path / "wide") / "report.md").read_text()
+    cli("figures", "--config", wide)
+    pair = orjson.loads((figures_dir(tmp_path / "wide") / "comparison.json").read_bytes())["benchmarks"]["benchmark"]["comparisons"][0]
+    assert pair["rule"]["outcome"] == "winner: all_layer" and pair["verdict"] == "difference"
+    assert pair["intervals"]["two_level"]["high"] < 0 and pair["p_adjusted"] < 0.05
+    assert "Verdict: **a difference** — all_layer is higher by" in (figures_dir(tmp_path / "wide") / "report.md").read_text()
 
 
-def test_a_gap_inside_a_wider_band_is_inconclusive(tmp_path):
+def test_three_conditions_two_benchmarks_holm_and_the_size_frontier(tmp_path):
+    config = build_tree(tmp_path, b_only=[8, 8, 8], wide=True)
+    cli("figures", "--config", config)
+    out = figures_dir(tmp_path)
+    comparison = orjson.loads((out / "comparison.json").read_bytes())
+    assert comparison["primary_benchmark"] == "words" and list(comparison["benchmarks"]) == ["words", "symbols"]
+    assert comparison["comparisons"] == [["attention_only", "all_layer"], ["attention_only", "attention_r16"], ["all_layer", "attention_r16"]]
+    family = [pair for entry in comparison["benchmarks"].values() for pair in entry["comparisons"]]
+    assert len(family) == 6 and comparison["multiplicity"]["size"] == 6
+    assert [pair["p_adjusted"] for pair in family] == pytest.approx(holm([pair["item_level"]["sign_flip"]["p"] for pair in family]))
+    assert all(pair["rule"]["applies"] == (entry_name == "words") for entry_name, entry in comparison["benchmarks"].items() for pair in entry["comparisons"])
+    assert comparison["adapter_sizes"]["attention_r16"]["rank"] == 16 and comparison["adapter_sizes"]["attention_r16"]["parameters"] == 300_000
+    for name in ("fig_01_comparison-words", "fig_01_comparison-symbols", "fig_04_disagreement-symbols", "fig_09_size_accuracy"):
+        assert (out / name / f"{name}.png").exists(), name
+    report = (out / "report.md").read_text()
+    assert "## symbols (reported beside the primary, not decided)" in report and "#### all_layer − attention_r16" in report
+    assert "Holm-adjusted over the 6 declared comparison × benchmark tests" in report
+    assert "not the primary benchmark: reported, not decided" in report
+
+
+def test_a_gap_inside_a_wider_band_is_inconclusive_by_the_rule(tmp_path):
     config = build_tree(tmp_path, b_only=[8, 8, 8], min_gap=0.1)  # |gap| 7.5 points < 10
-    assert figures_cli(config).exit_code == 0
+    cli("figures", "--config", config)
     comparison = orjson.loads((figures_dir(tmp_path) / "comparison.json").read_bytes())
-    assert comparison["comparison"]["decision"] == "inconclusive"
+    assert comparison["benchmarks"]["benchmark"]["comparisons"][0]["rule"]["outcome"] == "inconclusive"
 
 
 def test_refuses_runs_scored_under_another_eval_contract(tmp_path):
@@ -203,8 +246,7 @@ def test_refuses_runs_scored_under_another_eval_contract(tmp_path):
     summary_path = tmp_path / "artifacts" / "results" / "demo-eval-all_layer-seed1" / "summary.json"
     summary = orjson.loads(summary_path.read_bytes())
     write_json_atomic(summary_path, {**summary, "eval_contract_sha256": "f" * 64})
-    result = figures_cli(config)
-    assert result.exit_code == 2
+    result = cli("figures", "--config", config, expect=2)
     assert "evaluation contract" in result.output and "demo-eval-all_layer-seed1" in result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (figures_dir(tmp_path) / "manifest.json").exists()
@@ -213,7 +255,5 @@ def test_refuses_runs_scored_under_another_eval_contract(tmp_path):
 def test_missing_input_run_names_the_stage_to_run(tmp_path):
     config = build_tree(tmp_path, b_only=[8, 8, 8])
     (tmp_path / "artifacts" / "results" / "demo-eval-attention_only-seed2" / "manifest.json").unlink()
-    result = figures_cli(config)
-    assert result.exit_code == 2
+    result = cli("figures", "--config", config, expect=2)
     assert "demo-eval-attention_only-seed2" in result.output and "`loraexp eval`" in result.output
-    assert len(result.output.strip().splitlines()) == 1

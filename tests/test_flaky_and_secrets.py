@@ -62,7 +62,7 @@ def test_flaky_service_run_equals_the_clean_run(flaky_run, reference_run):
         assert [flaky[k] for k in ("train_mean_nll", "val_mean_nll_before", "val_mean_nll_after")] == [clean[k] for k in ("train_mean_nll", "val_mean_nll_before", "val_mean_nll_after")]
     smoke_steps = [orjson.loads(line)["step"] for line in (results(flaky_run) / "demo-smoke" / "metrics.jsonl").read_bytes().splitlines()]
     assert smoke_steps == [1, 2, 3, 1, 2, 3], "a restarted smoke condition duplicated its metrics rows"
-    assert json_of(flaky_run, "demo-figures", "comparison.json")["comparison"] == json_of(reference_run, "demo-figures", "comparison.json")["comparison"]
+    assert json_of(flaky_run, "demo-figures", "comparison.json")["benchmarks"] == json_of(reference_run, "demo-figures", "comparison.json")["benchmarks"]
 
 
 def test_no_secret_in_any_artifact_or_log(flaky_run):

@@ -152,11 +152,12 @@ def eval_command(ctx: typer.Context, config: ConfigOpt, condition: ConditionOpt 
                  checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="A sampler path to evaluate (needs --condition and --seed).")] = None,
                  baseline_only: Annotated[bool, typer.Option("--baseline-only", help="Evaluate only the untouched base model.")] = False,
                  limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions (a probe; its run id gets a -probeN suffix).")] = None,
+                 benchmark: Annotated[Optional[str], typer.Option("--benchmark", help="Only this benchmark (default: every benchmark in the contract).")] = None,
                  render_run: RenderRunOpt = None, if_exists: IfExistsOpt = "resume", override: OverrideOpt = False) -> None:
-    """Greedy eval of the baseline first, then every exported checkpoint, with strict + lenient scoring."""
+    """Greedy eval of the baseline first, then every exported checkpoint, on every benchmark, with strict + lenient scoring."""
     from loraexp.stages import eval
 
-    echo(eval.run(session(ctx, config, if_exists, override), condition, seed, checkpoint, baseline_only, limit, render_run))
+    echo(eval.run(session(ctx, config, if_exists, override), condition, seed, checkpoint, baseline_only, limit, render_run, benchmark))
 
 
 @app.command("figures")
@@ -166,6 +167,22 @@ def figures_command(ctx: typer.Context, config: ConfigOpt, run_id: RunIdOpt = No
     from loraexp.stages import figures
 
     echo(figures.run(session(ctx, config, if_exists, override), run_id))
+
+
+@app.command("compare")
+@friendly_errors
+def compare_command(
+    baseline: Annotated[Path, typer.Option("--baseline", help="Predictions of the untouched base model (any supported format).")],
+    run: Annotated[list[str], typer.Option("--run", help="CONDITION:SEED:PATH of one fine-tuned model's predictions; repeat for each.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for comparison.json, report.md and the figures.")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A contract: its decision settings, comparisons, model, ranks and benchmark format (default: the reference contract's decision settings).")] = None,
+    benchmark: Annotated[Optional[str], typer.Option("--benchmark-name", help="Name of the benchmark in the report (default: the contract's primary, else 'benchmark').")] = None,
+) -> None:
+    """Statistics, report and figures over prediction files made anywhere (loraexp, the reference release, lm-eval samples)."""
+    from loraexp import compare
+
+    setup_logging()
+    echo(compare.run(baseline, run, out, load_contract(config) if config else None, benchmark))
 
 
 @app.command("run")

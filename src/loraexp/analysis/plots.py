@@ -1,14 +1,21 @@
-"""fig_01 ... fig_08: each function draws one figure and returns it with the table behind it.
+"""The figures: each function draws one figure and returns it with the table behind it (or None when its data is unknown).
 
-One fixed color, marker and line style per condition (contract order), chosen so the conditions
-stay apart in grayscale too: dark blue / circles / solid, orange / squares / dashed; the baseline is
-gray / diamonds / dotted.
+Per benchmark (one folder per benchmark when there are several): fig_01 accuracy table, fig_03 accuracy per
+seed, fig_04 discordant questions per comparison and seed, fig_07 disagreement examples. Per experiment,
+only when the pipeline's own runs are the input: fig_02 costs, fig_05 validation NLL, fig_06 LR selection,
+fig_08 throughput, fig_09 accuracy against adapter size (parameters and bytes) per benchmark.
+
+One fixed color, marker and line style per condition (contract order), distinct in grayscale too; the
+baseline is gray / diamonds / dotted. No title names a winner: the declared rule and the verdict are
+stated with their qualification in the report.
 """
 
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -17,15 +24,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from loraexp.analysis.comparison import Inputs, disagreement_examples  # noqa: E402
+from loraexp.analysis.comparison import disagreement_examples  # noqa: E402
+from loraexp.analysis.evidence import Evidence  # noqa: E402
 
-BASELINE_STYLE = {"color": "#7f7f7f", "marker": "D", "linestyle": ":"}
+BASELINE_STYLE = {"color": "#7f7f7f", "marker": "D", "linestyle": ":", "hatch": ".."}
 CONDITION_STYLES = (
     {"color": "#08306b", "marker": "o", "linestyle": "-", "hatch": ""},
     {"color": "#f0a000", "marker": "s", "linestyle": "--", "hatch": "//"},
+    {"color": "#2ca25f", "marker": "^", "linestyle": "-.", "hatch": "\\\\"},
+    {"color": "#c51b8a", "marker": "v", "linestyle": (0, (1, 1)), "hatch": "xx"},
+    {"color": "#6baed6", "marker": "P", "linestyle": (0, (5, 1, 1, 1)), "hatch": "--"},
+    {"color": "#8c510a", "marker": "X", "linestyle": (0, (3, 1, 1, 1, 1, 1)), "hatch": "++"},
 )
 TEXT_WRAP = 110  # characters per line in the disagreement examples
 SEED_OFFSET = 0.15  # per-seed dots sit beside the mean marker so equal values stay visible
+Drawn = tuple[Figure, pd.DataFrame] | None
 
 
 def style(comparison: dict, name: str) -> dict:
@@ -35,7 +48,7 @@ def style(comparison: dict, name: str) -> dict:
 
 
 def save_figure(figure: Figure, png: Path, pdf: Path) -> None:
-    """PNG (130 dpi) and PDF, then free the figure (eight figures per run add up)."""
+    """PNG (130 dpi) and PDF, then free the figure (a dozen figures per report add up)."""
     figure.savefig(png, dpi=130, bbox_inches="tight")
     figure.savefig(pdf, bbox_inches="tight")
     plt.close(figure)
@@ -43,6 +56,13 @@ def save_figure(figure: Figure, png: Path, pdf: Path) -> None:
 
 def _points(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def p_text(p: float | None) -> str:
+    """p-values as a reader should see them: p < 0.001 below the third decimal, never p = 0.000."""
+    if p is None:
+        return "p n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _table_figure(frame: pd.DataFrame, title: str, width: float) -> Figure:
@@ -57,21 +77,20 @@ def _table_figure(frame: pd.DataFrame, title: str, width: float) -> Figure:
         if row == 0:
             cell.set_text_props(weight="bold")
             cell.set_facecolor("#e0e0e0")
-    axis.set_title(title, fontsize=11)
+    axis.set_title(title, fontsize=10)
     return figure
 
 
-def fig_01_comparison(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.DataFrame]:
-    """Accuracy per condition: mean, seed min/max/range (strict and lenient) and the gap to the baseline."""
-    accuracy = comparison["accuracy"]
-    rows = [{"condition": "baseline", "seeds": 1, "strict_mean": accuracy["baseline"]["strict"], "strict_min": None,
-             "strict_max": None, "strict_range": None, "strict_delta_points": 0.0,
-             "lenient_mean": accuracy["baseline"]["lenient"], "lenient_delta_points": 0.0}]
+def fig_01_comparison(comparison: dict, evidence: Evidence, benchmark: str) -> Drawn:
+    """Accuracy per condition: mean, seed min/max/range (strict and lenient) and the gap to the baseline; the verdicts in the title."""
+    entry = comparison["benchmarks"][benchmark]
+    accuracy = entry["accuracy"]
+    rows = [{"condition": "baseline", "seeds": 1, "strict_mean": accuracy["baseline"]["strict"], "strict_min": None, "strict_max": None,
+             "strict_range": None, "strict_delta_points": 0.0, "lenient_mean": accuracy["baseline"]["lenient"], "lenient_delta_points": 0.0}]
     for name in comparison["conditions"]:
         strict, lenient = accuracy[name]["strict"], accuracy[name]["lenient"]
-        rows.append({"condition": name, "seeds": len(comparison["seeds"]), "strict_mean": strict["mean"], "strict_min": strict["min"],
-                     "strict_max": strict["max"], "strict_range": strict["range"],
-                     "strict_delta_points": accuracy[name]["strict_delta_vs_baseline_points"],
+        rows.append({"condition": name, "seeds": len(strict["per_seed"]), "strict_mean": strict["mean"], "strict_min": strict["min"],
+                     "strict_max": strict["max"], "strict_range": strict["range"], "strict_delta_points": accuracy[name]["strict_delta_vs_baseline_points"],
                      "lenient_mean": lenient["mean"], "lenient_delta_points": accuracy[name]["lenient_delta_vs_baseline_points"]})
     data = pd.DataFrame(rows)
     shown = pd.DataFrame({
@@ -82,12 +101,16 @@ def fig_01_comparison(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.Data
         "lenient % (mean)": [_points(v) for v in data["lenient_mean"]],
         "lenient Δ (pts)": [f"{v:+.1f}" for v in data["lenient_delta_points"]],
     })
-    decision = comparison["comparison"]["decision"]
-    return _table_figure(shown, f"{comparison['benchmark_size']} questions, {len(comparison['seeds'])} seeds — decision: {decision}", 10), data
+    verdicts = [f"{p['a']} - {p['b']}: {p['gap_points']:+.1f} pts, {p['verdict']} (Holm {p_text(p['p_adjusted'])})" for p in entry["comparisons"][:3]]
+    more = f"; {len(entry['comparisons']) - 3} more in the report" if len(entry["comparisons"]) > 3 else ""
+    title = f"{benchmark}: {entry['size']} questions (strict scorer primary)\n" + "\n".join(verdicts) + more
+    return _table_figure(shown, title, 10), data
 
 
-def fig_02_costs(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.DataFrame]:
+def fig_02_costs(comparison: dict, evidence: Evidence, benchmark: None = None) -> Drawn:
     """Adapter size, tokens and dollars per condition x seed."""
+    if not comparison.get("costs"):
+        return None
     data = pd.DataFrame(comparison["costs"])
 
     def dollars(value: float | None) -> str:
@@ -99,97 +122,109 @@ def fig_02_costs(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.DataFrame
         "val tokens": [f"{v:,}" for v in data["val_tokens"]], "val $": [dollars(v) for v in data["val_usd"]],
         "eval tokens": [f"{v:,}" for v in data["eval_tokens"]], "eval $": [dollars(v) for v in data["eval_usd"]],
     })
-    return _table_figure(shown, "Cost per run (validation $ = recorded total minus train tokens x train price)", 12), data
+    return _table_figure(shown, "Cost per run (validation $ = recorded total minus train tokens x train price; eval over every benchmark)", 12), data
 
 
-def fig_03_accuracy(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.DataFrame]:
+def fig_03_accuracy(comparison: dict, evidence: Evidence, benchmark: str) -> Drawn:
     """Per-seed accuracy dots, the mean, the seed range (min-max bar) and the baseline line; strict and lenient."""
-    accuracy, names = comparison["accuracy"], comparison["conditions"]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    entry = comparison["benchmarks"][benchmark]
+    accuracy, names = entry["accuracy"], comparison["conditions"]
+    figure, axes = plt.subplots(1, 2, figsize=(max(10, 2.2 * len(names) + 4), 4.2), sharey=True)
     rows = []
     for axis, scorer in zip(axes, ("strict", "lenient")):
         axis.axhline(100 * accuracy["baseline"][scorer], color=BASELINE_STYLE["color"], linestyle=BASELINE_STYLE["linestyle"],
                      label=f"baseline {_points(accuracy['baseline'][scorer])}%")
         for position, name in enumerate(names):
-            entry, look = accuracy[name][scorer], style(comparison, name)
-            seeds = list(entry["per_seed"].items())
-            axis.vlines(position, 100 * entry["min"], 100 * entry["max"], color=look["color"], linewidth=3, alpha=0.5)
+            values, look = accuracy[name][scorer], style(comparison, name)
+            seeds = list(values["per_seed"].items())
+            axis.vlines(position, 100 * values["min"], 100 * values["max"], color=look["color"], linewidth=3, alpha=0.5)
             axis.scatter([position - SEED_OFFSET] * len(seeds), [100 * v for _, v in seeds], facecolors="none", edgecolors=look["color"],
                          marker=look["marker"], s=40)
-            axis.scatter([position], [100 * entry["mean"]], color=look["color"], marker=look["marker"], s=110, zorder=3,
-                         label=f"{name} mean {_points(entry['mean'])}%")
+            axis.scatter([position], [100 * values["mean"]], color=look["color"], marker=look["marker"], s=110, zorder=3,
+                         label=f"{name} mean {_points(values['mean'])}%")
             rows += [{"scorer": scorer, "condition": name, "seed": seed, "accuracy": value} for seed, value in seeds]
-        axis.set_xticks(range(len(names)), names)
+        axis.set_xticks(range(len(names)), names, rotation=10 if len(names) > 2 else 0)
         axis.set_xlim(-0.6, len(names) - 0.4)
         axis.set_title(f"{scorer} scorer")
         axis.grid(axis="y", alpha=0.3)
-        axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1, frameon=False)
+        axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1, frameon=False)
     values = [100 * r["accuracy"] for r in rows] + [100 * accuracy["baseline"][s] for s in ("strict", "lenient")]
     axes[0].set_ylim(min(values) - 3, max(values) + 3)
-    axes[0].set_ylabel(f"accuracy (%) on {comparison['benchmark_size']} questions")
-    figure.suptitle(f"Accuracy: hollow = one seed (drawn left of its condition), filled = mean of {len(comparison['seeds'])} seeds, bar = seed min-max")
+    axes[0].set_ylabel(f"accuracy (%) on {entry['size']} questions")
+    figure.suptitle(f"{benchmark}: hollow = one seed, filled = mean over seeds, bar = seed min-max (not a confidence interval)")
     figure.tight_layout()
     rows += [{"scorer": s, "condition": "baseline", "seed": None, "accuracy": accuracy["baseline"][s]} for s in ("strict", "lenient")]
     return figure, pd.DataFrame(rows)
 
 
-def fig_04_disagreement(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.DataFrame]:
-    """Per seed (and pooled): questions only A got right vs only B got right, with the exact McNemar p."""
-    paired = comparison["comparison"]
-    panels = [(f"seed {s['seed']}", s["a_only"], s["b_only"], s["mcnemar_p"]) for s in paired["per_seed"]]
-    panels.append(("pooled", paired["pooled"]["a_only"], paired["pooled"]["b_only"], paired["pooled"]["mcnemar_p"]))
-    seed_max = max(max(a_only, b_only) for _, a_only, b_only, _ in panels[:-1])
-    pooled_max = max(panels[-1][1], panels[-1][2])
-    figure, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.6))
-    for axis, (label, a_only, b_only, p) in zip(axes, panels):
-        for position, (name, count) in enumerate(((paired["a"], a_only), (paired["b"], b_only))):
-            look = style(comparison, name)
-            axis.bar(position, count, color=look["color"], hatch=look["hatch"], edgecolor="black")
-            axis.text(position, count, str(count), ha="center", va="bottom", fontsize=9)
-        axis.set_xticks([0, 1], [f"only {paired['a']}", f"only {paired['b']}"], fontsize=7, rotation=12)
-        axis.set_title(f"{label}\nMcNemar p = {p:.3f}", fontsize=9)
-        axis.set_ylim(0, 1.2 * max(pooled_max if label == "pooled" else seed_max, 1))  # seed panels share one scale
-    axes[0].set_ylabel("questions right under one condition only")
-    figure.suptitle("Discordant questions per seed (same questions, greedy decoding)")
+def fig_04_disagreement(comparison: dict, evidence: Evidence, benchmark: str) -> Drawn:
+    """Per comparison (rows) and seed (columns, pooled last): questions only a got right vs only b got right, exact McNemar p."""
+    pairs = comparison["benchmarks"][benchmark]["comparisons"]
+    columns = max(len(pair["per_seed"]) for pair in pairs) + 1
+    figure, axes = plt.subplots(len(pairs), columns, figsize=(2.5 * columns, 3.3 * len(pairs)), squeeze=False)
+    rows = []
+    for axes_row, pair in zip(axes, pairs):
+        panels = [(f"seed {s['seed']}", s["a_only"], s["b_only"], s["mcnemar_p"]) for s in pair["per_seed"]]
+        panels.append(("pooled (secondary:\nassumes independent seeds)", pair["pooled_mcnemar"]["a_only"], pair["pooled_mcnemar"]["b_only"], pair["pooled_mcnemar"]["p"]))
+        seed_max = max([max(a_only, b_only) for _, a_only, b_only, _ in panels[:-1]] + [1])
+        for axis, (label, a_only, b_only, p) in zip(axes_row, panels + [None] * (columns - len(panels))):
+            if label is None:
+                axis.axis("off")
+                continue
+            for position, (name, count) in enumerate(((pair["a"], a_only), (pair["b"], b_only))):
+                look = style(comparison, name)
+                axis.bar(position, count, color=look["color"], hatch=look["hatch"], edgecolor="black")
+                axis.text(position, count, str(count), ha="center", va="bottom", fontsize=9)
+            axis.set_xticks([0, 1], [f"only {pair['a']}", f"only {pair['b']}"], fontsize=7, rotation=12)
+            axis.set_title(f"{label}\nexact McNemar {p_text(p)}", fontsize=8)
+            axis.set_ylim(0, 1.2 * max(max(a_only, b_only) if label.startswith("pooled") else seed_max, 1))  # seed panels share one scale
+        rows += [{"a": pair["a"], "b": pair["b"], **{k: v for k, v in s.items()}} for s in pair["per_seed"]]
+        rows.append({"a": pair["a"], "b": pair["b"], "seed": "pooled", "a_only": pair["pooled_mcnemar"]["a_only"],
+                     "b_only": pair["pooled_mcnemar"]["b_only"], "mcnemar_p": pair["pooled_mcnemar"]["p"]})
+    axes[0][0].set_ylabel("questions right under one condition only")
+    figure.suptitle(f"{benchmark}: discordant questions per seed (same questions, greedy decoding)")
     figure.tight_layout()
-    data = pd.DataFrame(paired["per_seed"] + [{"seed": "pooled", "delta": paired["gap"], **{k: v for k, v in paired["pooled"].items() if k != "pooling"}}])
-    return figure, data
+    return figure, pd.DataFrame(rows)
 
 
-def fig_05_validation(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.DataFrame]:
+def fig_05_validation(comparison: dict, evidence: Evidence, benchmark: None = None) -> Drawn:
     """Validation NLL against step for every condition x seed, the selected checkpoint starred."""
+    if not evidence.trains:
+        return None
     figure, axis = plt.subplots(figsize=(8, 4.5))
     rows = []
+    rule = comparison["setting"]["checkpoint_selection_rule"]
     for name in comparison["conditions"]:
         look = style(comparison, name)
-        for index, seed in enumerate(comparison["seeds"]):
-            train = inputs.trains[name][seed]
+        for index, (seed, train) in enumerate(sorted(evidence.trains[name].items())):
             steps = [c["step"] for c in train.checkpoints]
             nll = [c["val_nll"] for c in train.checkpoints]
-            axis.plot(steps, nll, color=look["color"], linestyle=look["linestyle"], marker=look["marker"], markersize=4,
-                      alpha=0.9, label=name if index == 0 else None)
+            axis.plot(steps, nll, color=look["color"], linestyle=look["linestyle"], marker=look["marker"], markersize=4, alpha=0.9,
+                      label=name if index == 0 else None)
             selected = train.summary["selected_step"]
             axis.scatter([selected], [train.summary["val_nll"]], marker="*", s=180, color=look["color"], edgecolors="black", zorder=4,
                          label="selected checkpoint" if (index == 0 and name == comparison["conditions"][0]) else None)
             rows += [{"condition": name, "seed": seed, "step": s, "val_nll": v, "selected": s == selected} for s, v in zip(steps, nll)]
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("validation NLL (nats / answer token)")
-    axis.set_title(f"Validation NLL; star = selected step ({comparison['checkpoint_selection_rule']})", fontsize=10)
+    axis.set_title(f"Validation NLL; star = selected step ({rule})", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure, pd.DataFrame(rows)
 
 
-def fig_06_lr_selection(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.DataFrame]:
+def fig_06_lr_selection(comparison: dict, evidence: Evidence, benchmark: None = None) -> Drawn:
     """Best validation NLL of every LR-grid point (log x), one line per condition and batch size; the choice circled."""
+    if not evidence.selection:
+        return None
     figure, axis = plt.subplots(figsize=(8, 4.5))
     rows = []
-    for name, choice in inputs.selection["conditions"].items():
+    for name, choice in evidence.selection["conditions"].items():
         look = style(comparison, name) if name in comparison["conditions"] else BASELINE_STYLE
         for size in sorted({point["batch_size"] for point in choice["grid"]}):
             points = sorted((p for p in choice["grid"] if p["batch_size"] == size), key=lambda p: p["learning_rate"])
-            default_size = size == comparison["train_batch_size"]
+            default_size = size == comparison["setting"]["train_batch_size"]
             axis.plot([p["learning_rate"] for p in points], [_best_nll(p) for p in points], color=look["color"],
                       linestyle=look["linestyle"] if default_size else ":", marker=look["marker"], markersize=7,
                       markerfacecolor=look["color"] if default_size else "white", label=f"{name}, batch {size}")
@@ -216,10 +251,11 @@ def _selected_point(choice: dict) -> dict:
     return next(p for p in choice["grid"] if p["learning_rate"] == choice["selected_lr"] and p["batch_size"] == choice["selected_batch_size"])
 
 
-def fig_07_examples(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.DataFrame]:
-    """One disagreement per direction per seed, with both full generations (wrapped, monospace)."""
-    examples = disagreement_examples(inputs)
-    blocks = [_example_text(example) for example in examples] or ["no question was answered differently by the two conditions"]
+def fig_07_examples(comparison: dict, evidence: Evidence, benchmark: str) -> Drawn:
+    """Per comparison, the first disagreement in each direction, with both full generations (wrapped, monospace)."""
+    scores = next(b for b in evidence.benchmarks if b.name == benchmark)
+    examples = disagreement_examples(scores, evidence.comparisons)
+    blocks = [_example_text(example) for example in examples] or ["no question was answered differently by the compared conditions"]
     lines = sum(block.count("\n") + 2 for block in blocks)
     figure = plt.figure(figsize=(11, max(2.0, 0.16 * lines)))
     # parse_math=False: generations are full of "$5 ... $10", "$\\boxed{18}$" and \frac, which mathtext would try to typeset
@@ -238,8 +274,10 @@ def _example_text(example: dict) -> str:
                       f"--- {example['wrong_condition']} (extracted {example['wrong_extracted']!r}):", wrap(example["wrong_generation"])])
 
 
-def fig_08_throughput(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.DataFrame]:
+def fig_08_throughput(comparison: dict, evidence: Evidence, benchmark: None = None) -> Drawn:
     """Training tokens per second for each request shape, seconds per step written on the bars."""
+    if not comparison.get("throughput"):
+        return None
     data = pd.DataFrame(comparison["throughput"])
     figure, axis = plt.subplots(figsize=(8, 0.7 * len(data) + 1.6))
     hatches = ("", "//", "..", "xx")
@@ -255,13 +293,65 @@ def fig_08_throughput(comparison: dict, inputs: Inputs) -> tuple[Figure, pd.Data
     return figure, data
 
 
+def fig_09_size_accuracy(comparison: dict, evidence: Evidence, benchmark: None = None) -> Drawn:
+    """Strict accuracy (mean over seeds, seed range as a bar) against adapter size, parameters and bytes, per benchmark."""
+    sizes = comparison.get("adapter_sizes")
+    if not sizes:
+        return None
+    names = [name for name in comparison["conditions"] if name in sizes and isinstance(sizes[name]["parameters"], int)]
+    benchmarks = list(comparison["benchmarks"])
+    figure, axes = plt.subplots(len(benchmarks), 2, figsize=(10, 3.6 * len(benchmarks)), squeeze=False)
+    rows = []
+    for axes_row, benchmark_name in zip(axes, benchmarks):
+        accuracy = comparison["benchmarks"][benchmark_name]["accuracy"]
+        for axis, measure, label in zip(axes_row, ("parameters", "bytes"), ("LoRA parameters (millions)", "adapter file size (MB)")):
+            scale = 1e6
+            points = sorted(((sizes[name][measure] / scale, accuracy[name]["strict"], name) for name in names), key=lambda p: p[0])
+            for x, strict, name in points:
+                look = style(comparison, name)
+                axis.vlines(x, 100 * strict["min"], 100 * strict["max"], color=look["color"], linewidth=2, alpha=0.5)
+                axis.scatter([x], [100 * strict["mean"]], color=look["color"], marker=look["marker"], s=90, zorder=3, label=name)
+                axis.annotate(f"r{sizes[name]['rank']}", (x, 100 * strict["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+                rows.append({"benchmark": benchmark_name, "condition": name, "rank": sizes[name]["rank"], "measure": measure,
+                             "size": sizes[name][measure], "strict_mean": strict["mean"], "strict_min": strict["min"], "strict_max": strict["max"]})
+            axis.axhline(100 * accuracy["baseline"]["strict"], color=BASELINE_STYLE["color"], linestyle=BASELINE_STYLE["linestyle"], label="baseline")
+            frontier = _frontier(points)
+            axis.plot([p[0] for p in frontier], [100 * p[1]["mean"] for p in frontier], color="black", linewidth=0.8, alpha=0.6)
+            axis.set_xlabel(label)
+            axis.set_ylabel(f"{benchmark_name} strict accuracy (%)")
+            axis.grid(alpha=0.3)
+        axes_row[0].legend(fontsize=7)
+    figure.suptitle("Accuracy against adapter size (line: the size/accuracy frontier; bars: seed min-max)")
+    figure.tight_layout()
+    return figure, pd.DataFrame(rows)
+
+
+def _frontier(points: list[tuple[float, dict, str]]) -> list[tuple[float, dict, str]]:
+    """Conditions no smaller adapter beats: each point of the frontier is more accurate than every smaller one."""
+    frontier, best = [], float("-inf")
+    for point in points:
+        if point[1]["mean"] > best:
+            frontier.append(point)
+            best = point[1]["mean"]
+    return frontier
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    draw: Callable[..., Drawn]
+    per_benchmark: bool
+    sources: tuple[str, ...]  # which input runs its provenance.json hashes (eval, train, lr-select, export)
+
+
 FIGURES = (
-    ("fig_01_comparison", fig_01_comparison),
-    ("fig_02_costs", fig_02_costs),
-    ("fig_03_accuracy", fig_03_accuracy),
-    ("fig_04_disagreement", fig_04_disagreement),
-    ("fig_05_validation_nll", fig_05_validation),
-    ("fig_06_lr_selection", fig_06_lr_selection),
-    ("fig_07_disagreement_examples", fig_07_examples),
-    ("fig_08_throughput", fig_08_throughput),
+    FigureSpec("fig_01_comparison", fig_01_comparison, True, ("eval",)),
+    FigureSpec("fig_02_costs", fig_02_costs, False, ("train", "eval", "export")),
+    FigureSpec("fig_03_accuracy", fig_03_accuracy, True, ("eval",)),
+    FigureSpec("fig_04_disagreement", fig_04_disagreement, True, ("eval",)),
+    FigureSpec("fig_05_validation_nll", fig_05_validation, False, ("train",)),
+    FigureSpec("fig_06_lr_selection", fig_06_lr_selection, False, ("lr-select",)),
+    FigureSpec("fig_07_disagreement_examples", fig_07_examples, True, ("eval",)),
+    FigureSpec("fig_08_throughput", fig_08_throughput, False, ("lr-select",)),
+    FigureSpec("fig_09_size_accuracy", fig_09_size_accuracy, False, ("eval", "export")),
 )

@@ -83,6 +83,7 @@ class Run:
     protocol_mode: Literal["strict", "override"] = "strict"
     started_at: str = field(default_factory=now_utc)
     inputs: dict[str, dict[str, str]] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)  # more for the manifest (e.g. the service a stage talked to)
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -114,6 +115,7 @@ class Run:
             "command": redact(" ".join(sys.argv)),
             "started_at": self.started_at,
             "finished_at": now_utc(),
+            **self.facts,
             **(extra or {}),
         }
         write_json_atomic(self.dir / MANIFEST, manifest)

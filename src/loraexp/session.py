@@ -3,12 +3,16 @@
 A session is one command's view of an experiment: the frozen contract, the policy for run dirs that
 already exist (`--if-exists`, `--override`), and how to reach the Tinker-shaped service. Stages take
 it as their first argument, so `loraexp <stage>`, `loraexp run` and a test all call the same
-`stages.<stage>.run(session, ...)`; a test hands in its own service through `connect`.
+`stages.<stage>.run(session, ...)`; a test hands in its own service through `connect`. A stage that
+talks to the service asks `service_for(stage)`: the local backend's memory plan, then the capability
+probe, each once per command.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -42,10 +46,55 @@ class Session:
     connect: Callable[[Contract], "Service"] = connect_to_contract_service
     progress: bool = True  # tqdm bars on long loops
 
+    probes: dict = field(default_factory=dict, compare=False, repr=False)  # stage -> its capability probe (once per command)
+    memory_plans: dict = field(default_factory=dict, compare=False, repr=False)  # stage -> the local backend's memory plan
+
     @functools.cached_property
     def service(self) -> "Service":
         """The service, connected on first use: a stage with nothing left to do never connects."""
         return self.connect(self.contract)
+
+    def service_for(self, stage: str) -> "Service":
+        """The service, checked by the capability probe for every call `stage` needs (smoke probes afresh; later stages
+        reuse a recent probe of the same endpoint); refuses in one line before any paid work when one is missing."""
+        from loraexp.service.probe import probe_service, refuse_missing
+
+        if stage not in self.probes:
+            if self.contract.experiment.backend == "local":
+                self.memory_plan(stage)  # before the probe loads any model
+            result = probe_service(self.service, self.contract, fresh=stage == "smoke")
+            refuse_missing(result, stage)
+            self.probes[stage] = result
+        return self.service
+
+    def memory_plan(self, stage: str) -> dict:
+        """The local backend's memory plan for `stage` at the render run's p95 row length; refuses a plan that does not fit."""
+        from loraexp.errors import UserError
+        from loraexp.files import read_json
+        from loraexp.service import base_model_resolver, runtime_of
+        from loraexp.service.memory import check_memory
+
+        try:
+            p95 = int(read_json(self.finished_run("render") / "stats.json")["splits"]["train"]["tokens"]["p95"])
+        except (UserError, KeyError):
+            p95 = None
+        source = base_model_resolver(Path(self.contract.experiment.artifacts_dir) / "cache")(self.contract.experiment.base_model)
+        plan = check_memory(self.contract, source, runtime_of(self.contract), stage, p95)
+        self.memory_plans[stage] = plan
+        return plan
+
+    def service_facts(self, stage: str) -> dict:
+        """What every manifest of a service stage records: backend, endpoint host (never a key), SDK, what the server reported."""
+        from loraexp.service.probe import endpoint_of
+
+        probe = self.probes.get(stage)
+        endpoint = endpoint_of(self.contract)
+        parsed = urllib.parse.urlparse(endpoint)
+        host = f"{parsed.scheme}://{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "") if parsed.hostname else endpoint
+        return {"backend": self.contract.experiment.backend, "endpoint": host, "sdk": {"tinker": importlib.metadata.version("tinker")},
+                "server": probe.server if probe else None, "probe": {"checked_at": probe.checked_at, "warnings": probe.warnings,
+                                                                     "greedy_repeats": probe.greedy_repeats} if probe else None,
+                "memory_plan": self.memory_plans.get(stage), "local": self.contract.local.model_dump(mode="json") if self.contract.local else None}
 
     @property
     def results(self) -> Path:

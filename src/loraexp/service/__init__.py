@@ -94,7 +94,8 @@ def connect(contract: Contract) -> Service:
     if contract.experiment.backend == "local":
         from loraexp.local_tinker import LocalServiceClient
 
-        return local_service(LocalServiceClient(root=artifacts / "local_tinker", resolve_model=base_model_resolver(artifacts / "cache")))
+        return local_service(LocalServiceClient(root=artifacts / "local_tinker", runtime=runtime_of(contract),
+                                                resolve_model=base_model_resolver(artifacts / "cache")))
     key = os.environ.get(API_KEY_ENV, "")
     if not key:
         raise UserError(f"{API_KEY_ENV} is not set: export {API_KEY_ENV}=tml-... (from the Tinker console), or set experiment.backend = \"local\"")
@@ -102,7 +103,19 @@ def connect(contract: Contract) -> Service:
         raise UserError(f"{API_KEY_ENV} does not look like a Tinker key (it must start with 'tml-'); copy it again from the Tinker console")
     import tinker
 
-    return Service(tinker.ServiceClient(), lambda: tinker.RestClient(), "tinker")
+    endpoint = {"base_url": contract.experiment.base_url} if contract.experiment.base_url else {}  # unset: TINKER_BASE_URL, else hosted
+    return Service(tinker.ServiceClient(**endpoint), lambda: tinker.RestClient(**endpoint), "tinker")
+
+
+def runtime_of(contract: Contract) -> Any:
+    """The local client's Runtime from the contract's [local] section (absent: float32 on CPU, bfloat16 on CUDA, sdpa)."""
+    from loraexp.local_tinker.model import Runtime
+
+    local = contract.local
+    if local is None:
+        return Runtime()
+    return Runtime(device=local.device, dtype=local.dtype, attn_implementation=local.attn_implementation,
+                   gradient_checkpointing=local.gradient_checkpointing, sample_token_budget=local.sample_token_budget)
 
 
 def local_service(local: Any) -> Service:

@@ -50,7 +50,15 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def permanent_error(exc: BaseException, what: str) -> UserError:
+class ServiceRefused(UserError):
+    """A request the service refused for good (bad request, auth, not found, ...); `cause` is the SDK's exception."""
+
+    def __init__(self, message: str, cause: BaseException):
+        super().__init__(message)
+        self.cause = cause
+
+
+def permanent_error(exc: BaseException, what: str) -> ServiceRefused:
     """A one-line error for a failure that retrying cannot fix."""
     hints = {
         tinker.AuthenticationError: "check TINKER_API_KEY (it must start with tml-)",
@@ -59,7 +67,7 @@ def permanent_error(exc: BaseException, what: str) -> UserError:
         tinker.BadRequestError: "the request is invalid for this service; see the message",
     }
     hint = next((text for kind, text in hints.items() if isinstance(exc, kind)), "see the message")
-    return UserError(f"{what} failed permanently ({type(exc).__name__}: {exc}); {hint}")
+    return ServiceRefused(f"{what} failed permanently ({type(exc).__name__}: {exc}); {hint}", exc)
 
 
 def await_or_raise(value: Any, what: str) -> Any:

@@ -51,7 +51,9 @@ def run(session: Session, render_run: str | None = None, run_id: str | None = No
     run = session.begin(result, run_id, inputs=[render_dir])
     if run is None:
         return result
-    report = smoke(session.contract, session.service.tagged("smoke", run.run_id), run, render_dir)
+    service = session.service_for("smoke").tagged("smoke", run.run_id)
+    run.facts["service"] = session.service_facts("smoke")
+    report = smoke(session.contract, service, run, render_dir)
     for name, condition in report["conditions"].items():
         adapter = condition["adapter"]
         result.lines.append(f"{name}: adapts {'+'.join(adapter['kinds'])} at rank {'/'.join(map(str, adapter['ranks']))}, "
@@ -77,7 +79,7 @@ def smoke(contract: Contract, service: Service, run: Run, render_dir: Path) -> d
         "status": "fail" if failed else "pass",
         "backend": service.backend,
         "base_model": contract.experiment.base_model,
-        "lora_rank": contract.lora.rank,
+        "lora_ranks": {condition.name: contract.rank_of(condition) for condition in contract.lora.conditions},
         "learning_rate": learning_rate,
         "steps": SMOKE_STEPS,
         "train_rows": len(train_batch),
@@ -90,8 +92,15 @@ def smoke(contract: Contract, service: Service, run: Run, render_dir: Path) -> d
     if failed:
         raise UserError(refusal(failed, run.path("smoke.json")))
     adapters = [f"adapters/{name}/{file}" for name in conditions for file in ADAPTER_FILES]
-    run.finish(["smoke.json", "metrics.jsonl", *adapters], key_figure={f"val_nll_{name}": c["val_mean_nll_after"] for name, c in conditions.items()})
+    run.finish(["smoke.json", "metrics.jsonl", *adapters], key_figure={name: adapter_summary(c) for name, c in conditions.items()})
     return report
+
+
+def adapter_summary(condition: dict) -> str:
+    """What the weights say a condition's adapter is, in a few words (the status table shows it)."""
+    adapter = condition["adapter"]
+    return (f"{'+'.join(adapter['kinds'])} r{'/'.join(map(str, adapter['ranks']))} alpha {adapter['lora_alpha']} "
+            f"dropout {adapter['lora_dropout']} {adapter['parameters']:,} params, val NLL {condition['val_mean_nll_after']:.3f}")
 
 
 def refusal(failed: dict[str, dict], report_path: Path) -> str:
@@ -106,7 +115,7 @@ def refusal(failed: dict[str, dict], report_path: Path) -> str:
 
 
 def smoke_learning_rate(contract: Contract) -> float:
-    """The pinned learning rate, else the smallest of the lr-select grid (a smoke run chooses nothing)."""
+    """The pinned learning rate, else the smallest of the lr-select grid (a smoke run chooses nothing; one LR for every condition)."""
     return contract.train.learning_rate if contract.train.learning_rate is not None else min(contract.lr_select.lr_grid)
 
 
@@ -123,7 +132,7 @@ def smoke_condition(contract: Contract, service: Service, run: Run, condition: L
 def smoke_once(contract: Contract, service: Service, run: Run, condition: LoraCondition, train_batch: Sequence[tinker.Datum],
                val_datums: Sequence[tinker.Datum], learning_rate: float) -> tuple[dict, list[dict]]:
     """Create the condition's client, train SMOKE_STEPS steps, validate, save, and measure what the backend made."""
-    rank = contract.lora.rank
+    rank = contract.rank_of(condition)
     client = service.new_training_client(contract.experiment.base_model, rank, contract.lr_select.seed, condition)
     info = client.get_info()
     adam = tinker.AdamParams(learning_rate=learning_rate, **contract.train.adam.model_dump())

@@ -37,7 +37,7 @@ def test_warm_up_calls_every_op_in_both_float_types():
 def test_a_training_step_and_generation_use_only_warmed_vector_math(tmp_path):
     base = make_tiny_qwen3(tmp_path / "tiny")
     spec = lora.LoraSpec("tiny", str(base), rank=4, seed=0, train_mlp=True, train_attn=True, train_unembed=True)
-    model = lora.build_lora_model(spec, torch.device("cpu"))
+    model = lora.build_lora_model(spec, lora.Runtime())
     optimizer = torch.optim.AdamW(lora.trainable_parameters(model), lr=1e-3)
     batch = lora.batch_datums([datum_from_row(row) for row in fixture_rows(4)], torch.device("cpu"))
     recorder = OpNames()

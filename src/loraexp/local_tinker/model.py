@@ -2,7 +2,9 @@
 
 LoRA follows the service: rank from the request, `lora_alpha` 32 and dropout 0 are owned by the
 backend (the SDK cannot set them), targets per flag: attn = q/k/v/o_proj, mlp = gate/up/down_proj,
-unembed = lm_head. Weights stay in full precision on CPU so that a saved state resumes bit-exactly.
+unembed = lm_head. `Runtime` says how the model runs: by default float32 on CPU (a saved state resumes
+bit-exactly) and bfloat16 on CUDA. With a 16-bit base the LoRA weights, their gradients and the AdamW
+state stay float32 (PEFT casts the adapter up, and its forward runs the adapter in float32).
 """
 
 from __future__ import annotations
@@ -45,34 +47,57 @@ class LoraSpec:
                 *(UNEMBED_MODULES if self.train_unembed else ())]
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_base_model(source: str, device: torch.device) -> torch.nn.Module:
-    """The causal LM in eval mode (no dropout): fp32 on CPU for exact resumes, bf16 on a GPU."""
+@dataclass(frozen=True)
+class Runtime:
+    """How the in-process model runs (training, validation and sampling alike)."""
+
+    device: str = "auto"  # "auto" = cuda when available, else cpu; or "cpu", "cuda", "cuda:1"
+    dtype: str = "auto"  # base weights: "auto" = bfloat16 on CUDA, float32 on CPU; or float32 / bfloat16 / float16
+    attn_implementation: str = "sdpa"  # transformers' attention kernel: sdpa, eager, flash_attention_2
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, more time
+    sample_token_budget: int = 262_144  # rows x (longest prompt + max new tokens) decoded together (KV-cache bound)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.torch_device.type == "cuda" else torch.float32
+        return DTYPES[self.dtype]
+
+
+def load_base_model(source: str, runtime: Runtime) -> torch.nn.Module:
+    """The causal LM in eval mode (no dropout), in the runtime's dtype, attention kernel and device."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=runtime.torch_dtype, attn_implementation=runtime.attn_implementation)
     except (OSError, ValueError) as exc:
         raise not_found(f"cannot load base model {source!r} ({str(exc).splitlines()[0]}); give a local HF model dir "
                         f"or a Hub id already in the HF cache (huggingface-cli download {source})", "create_model") from None
-    return model.to(device).eval()
+    return model.to(runtime.torch_device).eval()
 
 
-def build_lora_model(spec: LoraSpec, device: torch.device) -> torch.nn.Module:
-    """Base model + a fresh LoRA adapter whose init (A: kaiming, B: zeros) is seeded from `spec.seed`."""
+def build_lora_model(spec: LoraSpec, runtime: Runtime, training: bool = True) -> torch.nn.Module:
+    """Base model + a fresh LoRA adapter whose init (A: kaiming, B: zeros) is seeded from `spec.seed`; float32 adapter on any base dtype."""
     import peft
 
-    base = load_base_model(spec.base_source, device)
+    device = runtime.torch_device
+    base = load_base_model(spec.base_source, runtime)
     config = peft.LoraConfig(r=spec.rank, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, target_modules=spec.target_modules())
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")  # lm_head LoRA adds a delta; the tied base weight stays frozen
         torch.manual_seed(spec.seed)
-        model = peft.get_peft_model(base, config)
+        model = peft.get_peft_model(base, config, autocast_adapter_dtype=True)  # a 16-bit base still gets a float32 adapter
+    if training and runtime.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model.train()  # transformers checkpoints only in train mode; the model has no dropout (LoRA dropout 0)
     return model.eval()
 
 

@@ -1,8 +1,10 @@
 """`LocalSamplingClient`: tinker.SamplingClient.sample on a batching worker.
 
 Concurrent sample() calls (e.g. asyncio.gather over an eval set) are queued; the worker takes
-whatever is queued (after a 2 ms gathering window), left-pads the prompts into one batch and
-decodes them together with a KV cache, so concurrency buys throughput as it does on the service.
+whatever is queued (after a 2 ms gathering window), sorts the rows by prompt length, cuts them into
+batches whose padded size (rows x (longest prompt + most new tokens)) fits the token budget, left-pads
+each batch and decodes it with a KV cache, so concurrency buys throughput as it does on the service
+and 1,319 questions x 512 tokens neither run one at a time nor exhaust memory.
 Greedy when temperature is 0; returned tokens include the stop token; stop_reason "stop"|"length".
 """
 
@@ -59,8 +61,9 @@ class _Row:
 class LocalSamplingClient:
     """Samples from one fixed set of weights (a sampler checkpoint, a snapshot, or the base model)."""
 
-    def __init__(self, model: torch.nn.Module, base_model: str, tokenizer_source: str, model_path: str | None = None):
+    def __init__(self, model: torch.nn.Module, base_model: str, tokenizer_source: str, model_path: str | None = None, token_budget: int = 262_144):
         self.model = model.eval()
+        self.token_budget = token_budget
         self.base_model = base_model
         self.model_path = model_path
         self._tokenizer_source = tokenizer_source
@@ -191,8 +194,8 @@ class LocalSamplingClient:
         if not rows:
             return
         try:
-            for start in range(0, len(rows), MAX_BATCH_ROWS):
-                self._decode(rows[start:start + MAX_BATCH_ROWS])
+            for batch in pack(rows, self.token_budget):
+                self._decode(batch)
         except Exception as exc:  # noqa: BLE001 - every request in the failed batch learns of it
             for request, _ in prepared:
                 request.future.set_exception(exc)
@@ -202,6 +205,21 @@ class LocalSamplingClient:
                                                tokens_np=np.asarray(row.tokens, dtype=np.int32), logprobs_np=np.asarray(row.logprobs, dtype=np.float32))
                          for index, row in enumerate(request_rows)]
             request.future.set_result(types.SampleResponse(sequences=sequences))
+
+
+def pack(rows: list[_Row], token_budget: int) -> list[list[_Row]]:
+    """Rows sorted by prompt length, cut into batches of at most MAX_BATCH_ROWS whose padded size fits `token_budget`
+    (a row too long for the budget on its own is decoded alone)."""
+    batches: list[list[_Row]] = []
+    current: list[_Row] = []
+    for row in sorted(rows, key=lambda r: len(r.prompt)):
+        candidate = current + [row]
+        size = len(candidate) * (max(len(r.prompt) for r in candidate) + max(r.max_tokens for r in candidate))
+        if current and (len(candidate) > MAX_BATCH_ROWS or size > token_budget):
+            batches.append(current)
+            candidate = [row]
+        current = candidate
+    return batches + ([current] if current else [])
 
 
 def _as_ids(value: Any) -> list[int]:

@@ -39,12 +39,13 @@ class LocalServiceClient:
     a local dir or an HF id); the caller uses it to build models the client should not know about.
     """
 
-    def __init__(self, root: Path | str, clock: Clock = utc_now, device: torch.device | None = None,
+    def __init__(self, root: Path | str, clock: Clock = utc_now, runtime: lora.Runtime = lora.Runtime(),
                  resolve_model: Callable[[str], str] | None = None):
         warm_up_vector_math()  # before any worker thread runs the model (see local_tinker/numerics.py)
         self.root = Path(root)
         self.store = CheckpointStore(self.root, clock)
-        self.device = device or lora.default_device()
+        self.runtime = runtime
+        self.device = runtime.torch_device
         self.session_id = uuid.uuid4().hex[:8]
         self._run_numbers = itertools.count()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-tinker-loader")
@@ -116,7 +117,7 @@ class LocalServiceClient:
     def _sampler(self, model_path: str | None, base_model: str | None) -> LocalSamplingClient:
         if model_path is None:
             source = self._source(base_model)
-            return LocalSamplingClient(lora.load_base_model(source, self.device), base_model, source)
+            return LocalSamplingClient(lora.load_base_model(source, self.runtime), base_model, source, token_budget=self.runtime.sample_token_budget)
         parsed, directory, meta = self.store.resolve(model_path)
         if parsed.checkpoint_type != "sampler":
             segment = parsed.checkpoint_id.split("/")[0]
@@ -130,12 +131,12 @@ class LocalServiceClient:
         return self._sampling_client(spec, lambda model: set_peft_model_state_dict(model, state), None)
 
     def _sampling_client(self, spec: lora.LoraSpec, load: Callable[[torch.nn.Module], Any], model_path: str | None) -> LocalSamplingClient:
-        model = lora.build_lora_model(spec, self.device)
+        model = lora.build_lora_model(spec, self.runtime, training=False)
         load(model)
         # merging is faster to decode; a LoRA on a *tied* lm_head would also change the input embedding
         if not (spec.train_unembed and getattr(model.config, "tie_word_embeddings", False)):
             model = model.merge_and_unload()
-        return LocalSamplingClient(model, spec.base_model, spec.base_source, model_path)
+        return LocalSamplingClient(model, spec.base_model, spec.base_source, model_path, token_budget=self.runtime.sample_token_budget)
 
 
 class LocalRestClient:
@@ -167,6 +168,10 @@ class LocalRestClient:
 
     def delete_checkpoint_from_tinker_path(self, tinker_path: str) -> APIFuture[None]:
         return completed_future(lambda: self.store.delete(tinker_path))
+
+    def get_server_capabilities(self) -> APIFuture[types.GetServerCapabilitiesResponse]:
+        """The local client serves any HF causal LM it can load: it lists none (the probe then checks by creating a client)."""
+        return completed_future(lambda: types.GetServerCapabilitiesResponse(supported_models=[]))
 
     def get_external_weights_urls(self, tinker_path: str) -> APIFuture[types.ExternalWeightsUrlsResponse]:
         """`file://` URLs of an external_weights checkpoint's files (the service hands out signed HTTPS URLs)."""

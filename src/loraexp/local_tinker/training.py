@@ -39,7 +39,7 @@ class LocalTrainingClient:
 
     # ---- construction (runs on the worker; see LocalServiceClient) --------------------------------
     def _build(self, state_dir: Path | None = None, with_optimizer: bool = False) -> "LocalTrainingClient":
-        self._model = lora.build_lora_model(self.spec, self.service.device)
+        self._model = lora.build_lora_model(self.spec, self.service.runtime)
         if state_dir is not None:
             lora.load_adapter_weights(self._model, state_dir)
         # lr and betas are set from AdamParams on every optim_step

@@ -1,6 +1,7 @@
 """The local Tinker client against a plain PEFT + torch loop, on the default tiny model; run by hand.
 
-    python benchmarks/bench_local_client.py [--steps 10] [--rounds 20] [--threads 1]
+    python benchmarks/bench_local_client.py [--steps 10] [--rounds 20] [--gen-rounds 5] [--threads 1] [--out artifacts/bench]
+    python benchmarks/bench_local_client.py --tiny     # 2 rounds x 2 steps, 4 prompts x 8 tokens (seconds)
 
 Model: the demo base's shape and vocabulary (hidden 128, 4 layers, 4x32 heads, 2 KV heads, MLP 384, tied, the
 demo tokenizer's 525 tokens), random init. Rows: real demo training rows (system prompt + question + answer,
@@ -11,11 +12,13 @@ demo tokenizer's 525 tokens), random init. Rows: real demo training rows (system
    both; the ratio local/plain is taken per round and its median reported (target <= 1.1).
 2. Greedy generation, 16 prompts x 64 new tokens: 16 concurrent sample() calls (batched by the
    sampler's worker) vs one prompt at a time; tokens per second, median of `--gen-rounds`.
+Everything (the demo tokenizer's cache, the model, the local client's checkpoints) is written under `--out`.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -28,16 +31,17 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from loraexp.data.demo import clean_examples
-from loraexp.datums import datum_from_row
-from loraexp.demo_model import DemoBaseRecipe, new_model
-from loraexp.local_tinker import LocalServiceClient
-from loraexp.tokenization import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER, load_tokenizer
+from benchkit import add_common_args, emit, out_dir
 from loraexp.chat import BatchRenderer
+from loraexp.demo.base_model import DemoBaseRecipe, new_model
+from loraexp.demo.data import clean_examples
+from loraexp.demo.tokenizer import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER
+from loraexp.local_tinker import LocalServiceClient
+from loraexp.service.datums import datum_from_row
+from loraexp.tokenization import load_tokenizer
 
 BATCH, RANK, LR = 8, 8, 1e-3
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-CACHE_ROOT = Path("artifacts/cache")  # the demo tokenizer is built there once (a second)
 
 
 def default_tiny_model(directory: Path, tokenizer) -> Path:
@@ -103,10 +107,11 @@ def time_steps(step, count: int) -> float:
     return (time.perf_counter() - started) / count
 
 
-def bench_training(service: LocalServiceClient, base_dir: Path, rows: list[dict], steps: int, rounds: int) -> dict:
+def bench_training(service: LocalServiceClient, base_dir: Path, rows: list[dict], steps: int, rounds: int, warmup: int = 10) -> dict:
     plain, local = plain_loop(base_dir, rows), local_loop(service, base_dir, rows)
-    assert abs(plain() - local()) < 1e-2, "the two loops must compute the same loss"
-    time_steps(plain, 10), time_steps(local, 10)  # warm-up
+    first_plain, first_local = plain(), local()
+    assert abs(first_plain - first_local) < 1e-2, "the two loops must compute the same loss"
+    time_steps(plain, warmup), time_steps(local, warmup)  # warm-up
     plain_s, local_s = [], []
     for round_number in range(rounds):
         if round_number % 2 == 0:
@@ -117,7 +122,8 @@ def bench_training(service: LocalServiceClient, base_dir: Path, rows: list[dict]
             plain_s.append(time_steps(plain, steps))
     ratios = [l / p for l, p in zip(local_s, plain_s)]
     return {"plain_s_per_step": statistics.median(plain_s), "local_s_per_step": statistics.median(local_s),
-            "ratio_median": statistics.median(ratios), "ratios": ratios, "tokens_per_step": sum(len(r["tokens"]) - 1 for r in rows)}
+            "ratio_median": statistics.median(ratios), "ratios": ratios, "tokens_per_step": sum(len(r["tokens"]) - 1 for r in rows),
+            "first_loss_plain": first_plain, "first_loss_local": first_local}
 
 
 def bench_generation(service: LocalServiceClient, base_dir: Path, vocab: int, rounds: int, prompts: int = 16, new_tokens: int = 64) -> dict:
@@ -137,25 +143,37 @@ def bench_generation(service: LocalServiceClient, base_dir: Path, vocab: int, ro
         batched_s.append(time.perf_counter() - started)
         assert [r.sequences[0].tokens for r in batched] == [r.sequences[0].tokens for r in one_by_one], "batching must not change greedy tokens"
     total = prompts * new_tokens
-    return {"one_at_a_time_tok_s": total / statistics.median(sequential_s), "concurrent_16_tok_s": total / statistics.median(batched_s),
+    return {"one_at_a_time_tok_s": total / statistics.median(sequential_s), "concurrent_tok_s": total / statistics.median(batched_s),
             "speedup": statistics.median(s / b for s, b in zip(sequential_s, batched_s))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=20, help="rounds, each timing both loops (ABBA order)")
-    parser.add_argument("--gen-rounds", type=int, default=5, help="generation rounds (one at a time, then 16 concurrent)")
+    add_common_args(parser)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default 10; 2 with --tiny)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds, each timing both loops (ABBA order; default 20; 2 with --tiny)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps of each loop first (default 10; 1 with --tiny)")
+    parser.add_argument("--gen-rounds", type=int, default=None, help="generation rounds (one at a time, then all concurrent; default 5; 1 with --tiny)")
+    parser.add_argument("--gen-prompts", type=int, default=None, help="prompts per generation round (default 16; 4 with --tiny)")
+    parser.add_argument("--gen-tokens", type=int, default=None, help="new tokens per prompt (default 64; 8 with --tiny)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, the same for both loops")
     args = parser.parse_args()
+    defaults = {"steps": (10, 2), "rounds": (20, 2), "warmup": (10, 1), "gen_rounds": (5, 1), "gen_prompts": (16, 4), "gen_tokens": (64, 8)}
+    for name, (full, tiny) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, tiny if args.tiny else full)
     torch.set_num_threads(args.threads)
-    tokenizer = load_tokenizer(DEMO_TOKENIZER, CACHE_ROOT)
+    out = out_dir(args, "local_client")
+    tokenizer = load_tokenizer(DEMO_TOKENIZER, out / "cache")
     rows = demo_rows(tokenizer, BATCH)
-    with tempfile.TemporaryDirectory() as tmp:
-        base_dir = default_tiny_model(Path(tmp) / "tiny", tokenizer)
-        service = LocalServiceClient(Path(tmp) / "local_tinker")
-        training = bench_training(service, base_dir, rows, args.steps, args.rounds)
-        generation = bench_generation(service, base_dir, len(tokenizer), args.gen_rounds)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix="run-"))
+    try:
+        base_dir = default_tiny_model(tmp / "tiny", tokenizer)
+        service = LocalServiceClient(tmp / "local_tinker")
+        training = bench_training(service, base_dir, rows, args.steps, args.rounds, args.warmup)
+        generation = bench_generation(service, base_dir, len(tokenizer), args.gen_rounds, args.gen_prompts, args.gen_tokens)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"torch threads: {torch.get_num_threads()}, vocab {len(tokenizer)}")
     print(f"training step, batch {BATCH} x ~{training['tokens_per_step'] // BATCH} tokens, LoRA r{RANK} attn+mlp, {args.rounds} rounds x {args.steps} steps:")
     print(f"  plain PEFT loop   {training['plain_s_per_step'] * 1000:.1f} ms/step (median)")
@@ -163,9 +181,12 @@ def main() -> None:
     ratios = sorted(training["ratios"])
     print(f"  ratio local/plain {training['ratio_median']:.3f} median of per-round ratios (quartiles {ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f}, "
           f"min {ratios[0]:.3f}, max {ratios[-1]:.3f})")
-    print(f"greedy generation, 16 prompts x 64 new tokens, median of {args.gen_rounds} rounds:")
+    print(f"greedy generation, {args.gen_prompts} prompts x {args.gen_tokens} new tokens, median of {args.gen_rounds} rounds:")
     print(f"  one at a time     {generation['one_at_a_time_tok_s']:.0f} tok/s")
-    print(f"  16 concurrent     {generation['concurrent_16_tok_s']:.0f} tok/s ({generation['speedup']:.1f}x)")
+    print(f"  {args.gen_prompts:<2d} concurrent     {generation['concurrent_tok_s']:.0f} tok/s ({generation['speedup']:.1f}x)")
+    emit("local_client", {"threads": torch.get_num_threads(), "vocab": len(tokenizer), "steps": args.steps, "rounds": args.rounds,
+                          **{key: value for key, value in training.items() if key != "ratios"}, "ratio_min": ratios[0], "ratio_max": ratios[-1],
+                          "gen_prompts": args.gen_prompts, "gen_tokens": args.gen_tokens, **generation, "target": "ratio_median <= 1.1"})
 
 
 if __name__ == "__main__":

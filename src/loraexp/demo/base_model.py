@@ -30,7 +30,8 @@ import orjson
 
 from loraexp.chat import BatchRenderer, stop_token_id
 from loraexp.demo.data import clean_examples
-from loraexp.demo.tokenizer import DEMO_SYSTEM_PROMPT, DEMO_TOKENIZER
+from loraexp.demo.tokenizer import DEMO_SYSTEM_PROMPT, demo_tokenizer_dir
+from loraexp.files import file_sha256
 from loraexp.local_tinker.numerics import warm_up_vector_math
 from loraexp.tokenization import RECIPE_FILE, load_tokenizer
 from loraexp.training.schedule import LrSchedule
@@ -67,12 +68,12 @@ def recipe_hash(recipe: DemoBaseRecipe, tokenizer_sha256: str) -> str:
 def ensure_demo_base(cache_root: Path, recipe: DemoBaseRecipe = DemoBaseRecipe()) -> Path:
     """The HF model dir of "loraexp/tiny-qwen3-demo" (config, safetensors, tokenizer), built on first use."""
     cache_root = Path(cache_root)
-    tokenizer = load_tokenizer(DEMO_TOKENIZER, cache_root)
-    tokenizer_dir = cache_root / "tokenizers" / "tiny-qwen3-demo"
-    tokenizer_sha = hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest()
+    tokenizer_dir = demo_tokenizer_dir(cache_root)
+    tokenizer_sha = file_sha256(tokenizer_dir / "tokenizer.json")
     target = cache_root / "models" / f"tiny-qwen3-demo-{recipe_hash(recipe, tokenizer_sha)}"
     if (target / RECIPE_FILE).exists():
         return target
+    tokenizer = load_tokenizer(str(tokenizer_dir), cache_root)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:

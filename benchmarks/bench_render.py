@@ -18,7 +18,7 @@ import random
 import time
 
 from benchkit import REFERENCE_CONFIG, RealData, add_common_args, derive_contract, emit, out_dir, real_data, write_contract
-from loraexp.artifacts import open_run, run_id_for
+from loraexp.artifacts import cache_root, open_run, run_id_for
 from loraexp.chat import render_example
 from loraexp.contracts import load_contract
 from loraexp.data.text import canonical_problem_sha
@@ -68,7 +68,7 @@ def main() -> None:
     data_run.finish(["train.jsonl", "val.jsonl"], key_figure={"train_rows": cut, "val_rows": len(rows) - cut})
 
     started = time.perf_counter()
-    load_tokenizer("qwen3-offline", render.cache_root(contract))  # build (first time) or load, timed apart
+    load_tokenizer("qwen3-offline", cache_root(contract))  # build (first time) or load, timed apart
     tokenizer_seconds = time.perf_counter() - started
     run = open_run(contract, "render", run_id_for(contract, "render"), "overwrite")
     started = time.perf_counter()

@@ -101,3 +101,12 @@ def test_the_local_section_is_recorded_in_the_manifest(rendered_copy):
     manifest = orjson.loads((results(workdir) / "demo-smoke" / "manifest.json").read_bytes())
     assert manifest["service"]["local"]["attn_implementation"] == "eager" and manifest["service"]["memory_plan"]["dtype"] == "float32"
     assert manifest["service"]["memory_plan"]["total"] < manifest["service"]["memory_plan"]["available"]
+
+
+def test_the_memory_plan_reads_the_render_run_the_stage_was_given(rendered_copy):
+    workdir = rendered_copy
+    (results(workdir) / "demo-render").rename(results(workdir) / "demo-render-other")  # no render run at the default id
+    stats = orjson.loads((results(workdir) / "demo-render-other" / "stats.json").read_bytes())
+    cli("smoke", "--config", workdir / "demo.toml", "--render-run", "demo-render-other", "--override")
+    plan = orjson.loads((results(workdir) / "demo-smoke" / "manifest.json").read_bytes())["service"]["memory_plan"]
+    assert f"x {int(stats['splits']['train']['tokens']['p95'])} tokens (the render run's p95)" in plan["what"]

@@ -64,6 +64,11 @@ def results_root(contract: Contract) -> Path:
     return Path(contract.experiment.artifacts_dir) / "results"
 
 
+def cache_root(contract: Contract) -> Path:
+    """Built tokenizers and the demo base model live under <artifacts_dir>/cache/ (shared by every run)."""
+    return Path(contract.experiment.artifacts_dir) / "cache"
+
+
 def describe_output(path: Path) -> dict[str, Any]:
     entry: dict[str, Any] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     if path.suffix == ".jsonl":

@@ -4,8 +4,8 @@ A session is one command's view of an experiment: the frozen contract, the polic
 already exist (`--if-exists`, `--override`), and how to reach the Tinker-shaped service. Stages take
 it as their first argument, so `loraexp <stage>`, `loraexp run` and a test all call the same
 `stages.<stage>.run(session, ...)`; a test hands in its own service through `connect`. A stage that
-talks to the service asks `service_for(stage)`: the local backend's memory plan, then the capability
-probe, each once per command.
+talks to the service asks `service_for(stage, run)`: the local backend's memory plan, then the
+capability probe, each once per command.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from loraexp.artifacts import (
     IfExists,
     Run,
+    cache_root,
     find_finished_run,
     open_run,
     results_root,
@@ -54,36 +55,41 @@ class Session:
         """The service, connected on first use: a stage with nothing left to do never connects."""
         return self.connect(self.contract)
 
-    def service_for(self, stage: str) -> "Service":
-        """The service, checked by the capability probe for every call `stage` needs (smoke probes afresh; later stages
-        reuse a recent probe of the same endpoint); refuses in one line before any paid work when one is missing."""
+    def service_for(self, stage: str, run: Run, render_dir: Path | None = None) -> "Service":
+        """The service tagged for `run`, checked by the capability probe for every call `stage` needs (smoke probes afresh;
+        later stages reuse a recent probe of the same endpoint; the local backend's memory plan first, at `render_dir`'s
+        p95 row length); refuses in one line before any paid work when one is missing. Records in `run`'s manifest what
+        the service was."""
         from loraexp.service.probe import probe_service, refuse_missing
 
         if stage not in self.probes:
             if self.contract.experiment.backend == "local":
-                self.memory_plan(stage)  # before the probe loads any model
+                self.memory_plan(stage, render_dir)  # before the probe loads any model
             result = probe_service(self.service, self.contract, fresh=stage == "smoke")
             refuse_missing(result, stage)
             self.probes[stage] = result
-        return self.service
+        run.facts["service"] = self._service_facts(stage)
+        return self.service.tagged(stage, run.run_id)
 
-    def memory_plan(self, stage: str) -> dict:
-        """The local backend's memory plan for `stage` at the render run's p95 row length; refuses a plan that does not fit."""
-        from loraexp.errors import UserError
+    @functools.cached_property
+    def base_model_source(self) -> str:
+        """What from_pretrained reads for experiment.base_model (the offline demo base is built once under the cache)."""
+        from loraexp.service import base_model_resolver
+
+        return base_model_resolver(cache_root(self.contract))(self.contract.experiment.base_model)
+
+    def memory_plan(self, stage: str, render_dir: Path | None) -> dict:
+        """The local backend's memory plan for `stage` (training at `render_dir`'s p95 row length); refuses a plan that does not fit."""
         from loraexp.files import read_json
-        from loraexp.service import base_model_resolver, runtime_of
+        from loraexp.service import runtime_of
         from loraexp.service.memory import check_memory
 
-        try:
-            p95 = int(read_json(self.finished_run("render") / "stats.json")["splits"]["train"]["tokens"]["p95"])
-        except (UserError, KeyError):
-            p95 = None
-        source = base_model_resolver(Path(self.contract.experiment.artifacts_dir) / "cache")(self.contract.experiment.base_model)
-        plan = check_memory(self.contract, source, runtime_of(self.contract), stage, p95)
+        p95 = int(read_json(render_dir / "stats.json")["splits"]["train"]["tokens"]["p95"]) if render_dir else None
+        plan = check_memory(self.contract, self.base_model_source, runtime_of(self.contract), stage, p95)
         self.memory_plans[stage] = plan
         return plan
 
-    def service_facts(self, stage: str) -> dict:
+    def _service_facts(self, stage: str) -> dict:
         """What every manifest of a service stage records: backend, endpoint host (never a key), SDK, what the server reported."""
         from loraexp.service.probe import endpoint_of
 
@@ -108,12 +114,8 @@ class Session:
         return open_run(self.contract, stage, run_id, self.if_exists, self.override, inputs, fingerprint)
 
     def begin(self, result: "StageResult", run_id: str | None = None, inputs: Iterable[Path] = (), fingerprint: dict[str, Any] | None = None) -> Run | None:
-        """Open the stage's run (default id `<experiment>-<stage>`); None, recorded in `result` as reused, when it stands."""
-        run_id = run_id or self.run_id(result.stage)
-        run = self.open_run(result.stage, run_id, inputs, fingerprint)
-        if run is None:
-            result.skipped(run_id)
-        return run
+        """Open the stage's run (default id `<experiment>-<stage>`); None when its finished run stands."""
+        return self.open_run(result.stage, run_id or self.run_id(result.stage), inputs, fingerprint)
 
     def finished_run(self, stage: str, run_id: str | None = None, *parts: str | int) -> Path:
         """A finished input run: `run_id`, or the stage's default id (`<experiment>-<stage>[-<part>...]`)."""
@@ -122,11 +124,10 @@ class Session:
 
 @dataclass
 class StageResult:
-    """The runs a stage call finished or found finished, and the lines its command prints."""
+    """The runs a stage call finished, and the lines its command prints."""
 
     stage: str
     done: list[str] = field(default_factory=list)  # runs this call wrote to the end
-    reused: list[str] = field(default_factory=list)  # runs already finished with unchanged inputs
     lines: list[str] = field(default_factory=list)
 
     @property
@@ -136,6 +137,3 @@ class StageResult:
     def finished(self, run_id: str, line: str) -> None:
         self.done.append(run_id)
         self.lines.append(line)
-
-    def skipped(self, run_id: str) -> None:
-        self.reused.append(run_id)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from loraexp.artifacts import git_state
+from loraexp.artifacts import cache_root, git_state
 from loraexp.contracts import Contract
 from loraexp.errors import UserError
 from loraexp.service.retry import DEFAULT_RETRY, Retry, resolve
@@ -90,12 +90,11 @@ class Service:
 
 def connect(contract: Contract) -> Service:
     """The service of the contract's backend: the in-process client, or the real SDK (needs TINKER_API_KEY)."""
-    artifacts = Path(contract.experiment.artifacts_dir)
     if contract.experiment.backend == "local":
         from loraexp.local_tinker import LocalServiceClient
 
-        return local_service(LocalServiceClient(root=artifacts / "local_tinker", runtime=runtime_of(contract),
-                                                resolve_model=base_model_resolver(artifacts / "cache")))
+        return local_service(LocalServiceClient(root=Path(contract.experiment.artifacts_dir) / "local_tinker", runtime=runtime_of(contract),
+                                                resolve_model=base_model_resolver(cache_root(contract))))
     key = os.environ.get(API_KEY_ENV, "")
     if not key:
         raise UserError(f"{API_KEY_ENV} is not set: export {API_KEY_ENV}=tml-... (from the Tinker console), or set experiment.backend = \"local\"")

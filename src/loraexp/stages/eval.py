@@ -170,8 +170,7 @@ def run(session: Session, condition: str | None = None, seed: int | None = None,
             run.add_input(render_dir, ["tokenizer/tokenizer.json"])
             if exported:
                 run.add_input(export_dir, ["exports.json"])
-            service = session.service_for("eval").tagged("eval", run_id)
-            run.facts["service"] = session.service_facts("eval")
+            service = session.service_for("eval", run)
             client = client or service.sampling_client(model_path=model.get("sampler_path"), base_model=contract.experiment.base_model)
             summary = evaluate(contract, spec, service, client, run, tokenizer, questions, model, limit, session.progress)
             result.finished(run_id, f"{run_id}: strict accuracy {summary['strict_accuracy']:.4f} ({summary['correct']}/{summary['total']}), "

@@ -40,8 +40,7 @@ def run(session: Session, push_repo: str | None = None, run_id: str | None = Non
     run = session.begin(result, run_id, inputs=train_dirs)
     if run is None:
         return result
-    service = session.service_for("export").tagged("export", run.run_id)
-    run.facts["service"] = session.service_facts("export")
+    service = session.service_for("export", run)
     exports = []
     for train_dir in train_dirs:
         run.add_input(train_dir, ["summary.json", "checkpoints.jsonl"])

@@ -53,8 +53,7 @@ def run_point(session: Session, parent: Run, render_dir: Path, point: tuple[Lora
         child.add_input(render_dir, ["train.jsonl", "val.jsonl"])
         plan = make_plan(contract, lr, batch_size, len(train_datums), contract.lr_select.seed,
                          total_steps=contract.lr_select.steps, cadence=contract.lr_select.validate_at)
-        service = session.service_for("lr-select").tagged("lr-select", child_id)
-        child.facts["service"] = session.service_facts("lr-select")
+        service = session.service_for("lr-select", child, render_dir)
         records = train_with_resume(service, contract.experiment.base_model, contract.rank_of(condition), condition, plan, train_datums, val_datums,
                                     child.dir, child_id, session.progress)
         result = {"condition": condition.name, "learning_rate": lr, "batch_size": batch_size,
@@ -131,8 +130,7 @@ def run(session: Session, render_run: str | None = None, run_id: str | None = No
                  "seed": select.seed, "train_rows": len(train_datums), "val_rows": len(val_datums),
                  "conditions": select_per_condition(contract, entries)}
     write_json_atomic(run.path("selection.json"), selection)
-    throughput = probe_throughput(contract, session.service_for("lr-select").tagged("lr-select", run.run_id), train_datums)
-    run.facts["service"] = session.service_facts("lr-select")
+    throughput = probe_throughput(contract, session.service_for("lr-select", run, render_dir), train_datums)
     write_json_atomic(run.path("throughput.json"), {"shapes": throughput})
     run.finish(["selection.json", "throughput.json"], key_figure={name: choice["selected_lr"] for name, choice in selection["conditions"].items()})
     result.done.append(run.run_id)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from loraexp.artifacts import MANIFEST, Run, push_to_hub, require_hf_token
+from loraexp.artifacts import MANIFEST, Run, cache_root, push_to_hub, require_hf_token
 from loraexp.chat import BatchRenderer, RenderMismatch, generation_prompt_tokens
 from loraexp.contracts import Contract
 from loraexp.data.sources import load_benchmark
@@ -44,11 +44,6 @@ log = logging.getLogger(__name__)
 SPLITS = {"train": "train.jsonl", "val": "val.jsonl"}  # build-data file names, kept in the render run
 HUB_SPLIT_NAMES = {"train": "train", "val": "validation"}  # Hugging Face split names
 SAMPLE_ROWS = 2  # decoded examples in sample_render.txt
-
-
-def cache_root(contract: Contract) -> Path:
-    """Built tokenizers and the demo base model live under <artifacts_dir>/cache/ (shared by every run)."""
-    return Path(contract.experiment.artifacts_dir) / "cache"
 
 
 def run(session: Session, data_run: str | None = None, push_repo: str | None = None, run_id: str | None = None) -> StageResult:

@@ -51,8 +51,7 @@ def run(session: Session, render_run: str | None = None, run_id: str | None = No
     run = session.begin(result, run_id, inputs=[render_dir])
     if run is None:
         return result
-    service = session.service_for("smoke").tagged("smoke", run.run_id)
-    run.facts["service"] = session.service_facts("smoke")
+    service = session.service_for("smoke", run, render_dir)
     report = smoke(session.contract, service, run, render_dir)
     for name, condition in report["conditions"].items():
         adapter = condition["adapter"]

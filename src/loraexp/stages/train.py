@@ -48,8 +48,7 @@ def run(session: Session, condition: str | None = None, seed: int | None = None,
         run = session.begin(result, run_id, inputs=[render_dir, *([lr_dir] if lr_dir else [])])
         if run is None:
             continue
-        service = session.service_for("train").tagged("train", run_id)
-        run.facts["service"] = session.service_facts("train")
+        service = session.service_for("train", run, render_dir)
         summary = train_one(contract, service, run, render_dir, lora_condition, lora_seed, lr_dir, session.progress)
         result.finished(run_id, f"{run_id}: selected step {summary['selected_step']} (val NLL {summary['val_nll']:.4f})")
     return result

@@ -209,6 +209,18 @@ def test_missing_or_unsupported_source_is_one_line(tmp_path):
     assert "unsupported file type '.csv'" in error_line(result)
 
 
+def test_a_relative_source_resolves_from_the_contract_folder_like_every_contract_path(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    write_rows(tmp_path / "data" / "rows.jsonl", [good(i) for i in range(20)])
+    config = make_config(tmp_path, data={"source": "data/rows.jsonl"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cli("build-data", "-c", config)
+    manifest = orjson.loads((results(tmp_path) / "demo-build-data" / "manifest.json").read_bytes())
+    assert manifest["source_fingerprint"]["path"] == str((tmp_path / "data" / "rows.jsonl").resolve()) and manifest["key_figure"]["rows_in"] == 20
+
+
 def test_hf_dataset_path_selects_problem_source_first(tmp_path, monkeypatch):
     """A local dataset directory goes through datasets.load_dataset, exactly like an HF id (no network)."""
     import datasets

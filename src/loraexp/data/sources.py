@@ -21,7 +21,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import orjson
@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from loraexp.contracts import Benchmark, Contract, DataSection
+from loraexp.contracts import Benchmark, Contract
 from loraexp.demo.data import generate_benchmark_rows, generate_math_benchmark_rows, generate_omi2_rows
 from loraexp.errors import UserError
 from loraexp.scoring.answers import gsm8k_reference
@@ -60,22 +60,36 @@ class TrainingSource:
     rows: list[SourceRow] = field(default_factory=list)
 
 
-def load_training_source(data: DataSection) -> TrainingSource:
-    """The rows of `data.source` whose problem_source is in `data.keep_sources` (plus unparseable lines)."""
+def training_source(contract: Contract) -> tuple[dict, Callable[[], TrainingSource]]:
+    """`data.source` as (its fingerprint, a loader of its rows whose problem_source is in `data.keep_sources`).
+
+    The fingerprint is what identifies the source beyond the contract: a local file's size and mtime (hashing 1.35 GB
+    costs seconds), an HF dataset's resolved revision (a new upstream revision changes it), the generator's settings
+    for "demo". A local path resolves like every path the contract names; an HF dataset is opened once for both.
+    """
+    data = contract.data
     keep = frozenset(data.keep_sources)
+    named = {"source": data.source, "split": data.split}
     if data.source == "demo":
-        rows = generate_omi2_rows(data.demo_rows, data.demo_seed)
-        return _from_dicts("demo", enumerate(rows), keep)
-    path = Path(data.source)
+        return named, lambda: _from_dicts("demo", enumerate(generate_omi2_rows(data.demo_rows, data.demo_seed)), keep)
+    path = contract.resolve_path(data.source)
     if path.suffix in LOCAL_SUFFIXES or path.is_file():
         if not path.is_file():
-            raise UserError(f"data.source file not found: {path} (give an existing .jsonl/.parquet path, an HF dataset id, or \"demo\")")
-        if path.suffix == ".jsonl":
-            return _from_dicts(path.stem, _parse_jsonl(path), keep)
-        if path.suffix == ".parquet":
-            return _load_parquet(path, keep)
-        raise UserError(f"data.source {path}: unsupported file type {path.suffix!r}; use .jsonl or .parquet")
-    return _load_hf(data.source, data.split, keep)
+            return named, lambda: _load_file(path, keep)  # the loader says what is missing
+        stat = path.stat()
+        return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}, lambda: _load_file(path, keep)
+    dataset = _hf_load(data.source, None, data.split)
+    return {**named, **hf_identity(dataset)}, lambda: _load_hf(dataset, data.source, data.split, keep)
+
+
+def _load_file(path: Path, keep: frozenset[str]) -> TrainingSource:
+    if not path.is_file():
+        raise UserError(f"data.source file not found: {path} (give an existing .jsonl/.parquet path, an HF dataset id, or \"demo\")")
+    if path.suffix == ".jsonl":
+        return _from_dicts(path.stem, _parse_jsonl(path), keep)
+    if path.suffix == ".parquet":
+        return _load_parquet(path, keep)
+    raise UserError(f"data.source {path}: unsupported file type {path.suffix!r}; use .jsonl or .parquet")
 
 
 def _parse_jsonl(path: Path) -> Iterator[tuple[int, dict | SourceRow]]:
@@ -172,9 +186,8 @@ def _drop_nulls(row: dict) -> dict:
     return {key: value for key, value in row.items() if value is not None}
 
 
-def _load_hf(dataset_id: str, split: str, keep: frozenset[str]) -> TrainingSource:
+def _load_hf(dataset, dataset_id: str, split: str, keep: frozenset[str]) -> TrainingSource:
     """HF dataset: select the problem_source column first, then `.select()` the kept rows only."""
-    dataset = _hf_load(dataset_id, None, split)
     if "problem_source" not in dataset.column_names:
         raise UserError(f"HF dataset {dataset_id} split {split} has no problem_source column; is this an OpenMathInstruct-2-shaped dataset?")
     problem_source = dataset.select_columns(["problem_source"]).with_format("arrow")[:]["problem_source"]
@@ -201,13 +214,12 @@ def _hf_load(dataset_id: str, config: str | None, split: str):
         ) from None
 
 
-def hf_fingerprint(dataset_id: str, config: str | None, split: str) -> dict:
-    """What identifies the HF dataset revision `load_dataset` resolves to now: its fingerprint and cache folder.
+def hf_identity(dataset) -> dict:
+    """What identifies the HF dataset revision `load_dataset` resolved to: its fingerprint and cache folder.
 
     Both change when the upstream files change (a new revision on the Hub, or edited files of a local
     dataset dir), so a build made from another revision is redone instead of reused.
     """
-    dataset = _hf_load(dataset_id, config, split)
     cache_files = dataset.cache_files
     return {"fingerprint": dataset._fingerprint, "revision_dir": Path(cache_files[0]["filename"]).parent.name if cache_files else None}
 

@@ -25,8 +25,7 @@ from loraexp.contracts import Contract, DataSection
 from loraexp.data.sources import (
     SourceRow,
     TrainingSource,
-    hf_fingerprint,
-    load_training_source,
+    training_source,
 )
 from loraexp.data.text import canonical_problem_sha, first_phrase
 from loraexp.errors import UserError
@@ -46,11 +45,12 @@ def run(session: Session, run_id: str | None = None) -> StageResult:
     """Build train/val/rejects from `data.source` under the contract's gate (reused while source and decisions are unchanged)."""
     data, result = session.contract.data, StageResult("build-data")
     decisions, decisions_sha = load_decisions(session.contract)
-    fingerprint = {"decisions_sha256": decisions_sha, "source_fingerprint": source_fingerprint(data)}
+    source_fingerprint, load_source = training_source(session.contract)
+    fingerprint = {"decisions_sha256": decisions_sha, "source_fingerprint": source_fingerprint}
     run = session.begin(result, run_id, fingerprint=fingerprint)
     if run is None:
         return result
-    source = load_training_source(data)
+    source = load_source()
     check_decisions_known(decisions, source, data)
     kept, rejects, manual = gate(source.rows, data, decisions)
     write_jsonl(run.path("rejects.jsonl"), rejects)
@@ -81,18 +81,6 @@ def run(session: Session, run_id: str | None = None) -> StageResult:
     return result
 
 
-def source_fingerprint(data: DataSection) -> dict:
-    """What identifies the source beyond the contract: a local file's size and mtime (hashing 1.35 GB costs seconds),
-    an HF dataset's resolved fingerprint (a new upstream revision changes it), the generator's settings for "demo"."""
-    path = Path(data.source)
-    if data.source != "demo" and path.is_file():
-        stat = path.stat()
-        return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    if data.source == "demo" or path.suffix in (".jsonl", ".parquet"):
-        return {"source": data.source, "split": data.split}  # the generator is in the contract; a missing file fails later
-    return {"source": data.source, "split": data.split, **hf_fingerprint(data.source, None, data.split)}
-
-
 def load_decisions(contract: Contract) -> tuple[dict[str, dict], str | None]:
     """The manual decisions {row_id: {decision, note}} and the file's SHA-256 (None when not configured)."""
     data = contract.data
@@ -100,7 +88,7 @@ def load_decisions(contract: Contract) -> tuple[dict[str, dict], str | None]:
         return {}, None
     path = contract.resolve_path(data.decisions_file)
     if not path.is_file():
-        where = "" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+        where = "" if path.is_absolute() else f" (looked for from the current directory {Path.cwd()} and from the contract's folder)"
         raise UserError(f"data.decisions_file {path} not found{where}; create it (an empty file is fine) or remove decisions_file from [data]")
     decisions: dict[str, dict] = {}
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):

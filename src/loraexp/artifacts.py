@@ -128,30 +128,35 @@ class Run:
         return manifest
 
 
-def is_finished(run_dir: Path) -> bool:
-    manifest = run_dir / MANIFEST
-    if not manifest.exists():
-        return False
+def _json_or_none(path: Path) -> dict | None:
+    """A run file's JSON object; None when it is missing or torn (a writer killed mid-write)."""
     try:
-        return orjson.loads(manifest.read_bytes()).get("status") == "pass"
-    except orjson.JSONDecodeError:
-        return False
+        return orjson.loads(path.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+
+
+def finished_manifest(run_dir: Path) -> dict | None:
+    """The manifest of a finished run; None while the run is missing or unfinished."""
+    manifest = _json_or_none(run_dir / MANIFEST)
+    return manifest if manifest is not None and manifest.get("status") == "pass" else None
+
+
+def is_finished(run_dir: Path) -> bool:
+    return finished_manifest(run_dir) is not None
 
 
 def _recorded_contract_sha(run_dir: Path) -> str | None:
     for name in (MANIFEST, CONTRACT_SNAPSHOT):
-        path = run_dir / name
-        if path.exists():
-            try:
-                return orjson.loads(path.read_bytes()).get("contract_sha256")
-            except orjson.JSONDecodeError:
-                continue
+        recorded = _json_or_none(run_dir / name)
+        if recorded is not None:
+            return recorded.get("contract_sha256")
     return None
 
 
-def stale_inputs(run_dir: Path) -> list[str]:
+def stale_inputs(run_dir: Path, manifest: dict | None = None) -> list[str]:
     """Input files of a finished run whose SHA-256 changed (or vanished) since it finished."""
-    manifest = read_json(run_dir / MANIFEST)
+    manifest = manifest if manifest is not None else read_json(run_dir / MANIFEST)
     results = run_dir.parent
     stale = []
     for input_id, files in (manifest.get("inputs") or {}).items():
@@ -172,7 +177,7 @@ def why_redo(run_dir: Path, inputs: Iterable[Path], fingerprint: dict[str, Any])
     manifest = read_json(run_dir / MANIFEST)
     recorded = manifest.get("inputs") or {}
     reasons = [f"it was made from other input runs than {path.name}" for path in inputs if path.name not in recorded]
-    reasons += [f"{name} changed" for name in stale_inputs(run_dir)]
+    reasons += [f"{name} changed" for name in stale_inputs(run_dir, manifest)]
     reasons += [f"{key} changed" for key, value in fingerprint.items() if manifest.get(key) != value]
     return reasons
 
@@ -215,7 +220,7 @@ def open_run(contract: Contract, stage: str, run_id: str, if_exists: IfExists = 
     snapshot = run_dir / CONTRACT_SNAPSHOT
     if not snapshot.exists() or override:
         write_json_atomic(snapshot, {"stage": stage, "contract_sha256": contract.sha256, "contract": contract.model_dump(mode="json")})
-    return Run(stage=stage, run_id=run_id, dir=run_dir, contract=contract, protocol_mode=mode)
+    return Run(stage=stage, run_id=run_id, dir=run_dir, contract=contract, protocol_mode=mode, facts=dict(fingerprint))  # the manifest records it
 
 
 class RunLocked(UserError):
@@ -277,9 +282,9 @@ def release_locks() -> None:
 def find_finished_run(contract: Contract, run_id: str, stage: str, override: bool = False) -> Path:
     """The directory of a finished input run; refuses unfinished runs and runs made under another contract."""
     run_dir = results_root(contract) / run_id
-    if not is_finished(run_dir):
+    manifest = finished_manifest(run_dir)
+    if manifest is None:
         raise UserError(f"{stage} run {run_id} is missing or unfinished at {run_dir}; run `loraexp {stage}` first")
-    manifest = read_json(run_dir / MANIFEST)
     if manifest.get("contract_sha256") != contract.sha256 and not override:
         raise UserError(
             f"{stage} run {run_id} was made under contract {manifest.get('contract_sha256', '?')[:12]}, "
@@ -292,7 +297,7 @@ def input_run_of(run_dir: Path, stage: str) -> Path | None:
     """The input run of `run_dir` that `stage` made (e.g. the build-data run a render run was made from)."""
     for input_id in (read_json(run_dir / MANIFEST).get("inputs") or {}):
         candidate = run_dir.parent / input_id
-        if is_finished(candidate) and read_json(candidate / MANIFEST).get("stage") == stage:
+        if (finished_manifest(candidate) or {}).get("stage") == stage:
             return candidate
     return None
 

@@ -68,7 +68,6 @@ def run(session: Session, run_id: str | None = None) -> StageResult:
         OUTPUTS,
         key_figure={"rows_in": len(source.rows), "kept": len(kept), "train": len(train), "val": len(val), "rejected": len(rejects)},
         extra={
-            **fingerprint,
             "source": {"name": source.name, "rows_total": source.rows_total, "problem_source_counts": dict(source.source_counts)},
             "reject_counts": count_by_source_and_reason(rejects),
             "decisions_file": data.decisions_file,

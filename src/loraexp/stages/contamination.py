@@ -56,7 +56,7 @@ def run(session: Session, data_run: str | None = None, run_id: str | None = None
         split = report["train_val_overlap"]
         key_figure = {"status": report["status"], "exact": exact_count(report), "ngram": sum(b["ngram_overlap"]["count"] for b in report["benchmarks"].values()),
                       "train_val": len(split["row_ids"]) + len(split["problems"])}
-        run.finish([REPORT], key_figure=key_figure, extra={"data_run": data_dir.name, **fingerprint})
+        run.finish([REPORT], key_figure=key_figure, extra={"data_run": data_dir.name})
         result.done.append(run.run_id)
     report_path = require_contamination_pass(contract, data_dir.name)
     result.lines.append(f"contamination: pass for {data_dir.name}; {report_path}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loraexp.analysis.outputs import write_analysis
-from loraexp.analysis.predictions import file_digests, load_prediction_evidence
+from loraexp.analysis.predictions import load_prediction_evidence
 from loraexp.contracts import Contract
 from loraexp.errors import UserError
 from loraexp.files import now_utc, write_json_atomic
@@ -26,8 +26,8 @@ def run(baseline: Path, runs: list[str], out: Path, contract: Contract | None = 
         raise UserError(f"--out {out} already holds other files; give a new folder (compare writes comparison.json, report.md and figures there)")
     evidence = load_prediction_evidence(baseline, runs, contract, benchmark)
     out.mkdir(parents=True, exist_ok=True)
-    comparison, outputs = write_analysis(out, evidence)
-    write_json_atomic(out / "inputs.json", {"files": file_digests(evidence), "formats": {score.label: score.summary["source_format"]
+    comparison, outputs, digests = write_analysis(out, evidence)
+    write_json_atomic(out / "inputs.json", {"files": {str(path): sha for path, sha in digests.items()}, "formats": {score.label: score.summary["source_format"]
                                                                                          for bench in evidence.benchmarks for score in bench.all_models()},
                                             "contract_sha256": contract.sha256 if contract else None, "created_at": now_utc(), "outputs": outputs})
     result = StageResult("compare")

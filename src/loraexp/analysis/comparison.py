@@ -11,7 +11,6 @@ level p-values are Holm-adjusted across every declared comparison x benchmark.
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 
@@ -36,8 +35,8 @@ from loraexp.analysis.stats import (
     two_level_bootstrap_ci,
 )
 from loraexp.errors import UserError
+from loraexp.scoring.scorers import _THOUSANDS_COMMA as THOUSANDS_COMMA  # the lenient scorer's own rule (a rename there would change its code hash)
 
-THOUSANDS_COMMA = re.compile(r"\d,\d{3}(?!\d)")
 FORMAT_SHARE = 0.5  # lenient delta-vs-baseline below half the strict one: most of the strict gain is answer format
 
 

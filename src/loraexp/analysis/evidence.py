@@ -77,21 +77,27 @@ class Evidence:
     exports: dict | None = None
     lr_select_dir: Path | None = None
     export_dir: Path | None = None
-    files_read: dict[str, list[str]] = field(default_factory=dict)  # run dir name -> file names read (pipeline)
-    inputs: list[Path] = field(default_factory=list)  # every file read (provenance)
+    inputs: list[Path] = field(default_factory=list)  # every file read, in reading order (provenance)
     notes: list[str] = field(default_factory=list)  # what was dropped or disagreed while reading, for the report
 
     @property
     def from_runs(self) -> bool:
         return bool(self.trains)
 
+    @property
+    def files_read(self) -> dict[str, list[str]]:
+        """Run dir name -> the names of the files read from it."""
+        grouped: dict[str, list[str]] = {}
+        for path in self.inputs:
+            grouped.setdefault(path.parent.name, []).append(path.name)
+        return grouped
+
     def file(self, run_dir: Path, name: str) -> Path:
         """`run_dir / name`, recorded as read."""
-        self.files_read.setdefault(run_dir.name, [])
-        if name not in self.files_read[run_dir.name]:
-            self.files_read[run_dir.name].append(name)
-            self.inputs.append(run_dir / name)
-        return run_dir / name
+        path = run_dir / name
+        if path not in self.inputs:
+            self.inputs.append(path)
+        return path
 
 
 def load_run_evidence(session: Session) -> Evidence:

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from loraexp.analysis.comparison import disagreement_examples  # noqa: E402
 from loraexp.analysis.evidence import Evidence  # noqa: E402
+from loraexp.analysis.report import p_text  # noqa: E402
 
 BASELINE_STYLE = {"color": "#7f7f7f", "marker": "D", "linestyle": ":", "hatch": ".."}
 CONDITION_STYLES = (
@@ -56,13 +57,6 @@ def save_figure(figure: Figure, png: Path, pdf: Path) -> None:
 
 def _points(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def p_text(p: float | None) -> str:
-    """p-values as a reader should see them: p < 0.001 below the third decimal, never p = 0.000."""
-    if p is None:
-        return "p n/a"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _table_figure(frame: pd.DataFrame, title: str, width: float) -> Figure:
@@ -178,7 +172,7 @@ def fig_04_disagreement(comparison: dict, evidence: Evidence, benchmark: str) ->
             axis.set_xticks([0, 1], [f"only {pair['a']}", f"only {pair['b']}"], fontsize=7, rotation=12)
             axis.set_title(f"{label}\nexact McNemar {p_text(p)}", fontsize=8)
             axis.set_ylim(0, 1.2 * max(max(a_only, b_only) if label.startswith("pooled") else seed_max, 1))  # seed panels share one scale
-        rows += [{"a": pair["a"], "b": pair["b"], **{k: v for k, v in s.items()}} for s in pair["per_seed"]]
+        rows += [{"a": pair["a"], "b": pair["b"], **s} for s in pair["per_seed"]]
         rows.append({"a": pair["a"], "b": pair["b"], "seed": "pooled", "a_only": pair["pooled_mcnemar"]["a_only"],
                      "b_only": pair["pooled_mcnemar"]["b_only"], "mcnemar_p": pair["pooled_mcnemar"]["p"]})
     axes[0][0].set_ylabel("questions right under one condition only")

@@ -12,7 +12,6 @@ with the same reference, in every file are compared; the rest are counted with t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,7 +208,3 @@ def prediction_setting(contract: Contract | None, conditions: list[str], runs: d
         setting["learning_rates"] = {name: {"learning_rate": lr, "batch_size": contract.train.batch_size, "source": "pinned in the contract"}
                                      for name, lr in rates.items()}
     return setting
-
-
-def file_digests(evidence: Evidence) -> dict[str, str]:
-    return {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in evidence.inputs}

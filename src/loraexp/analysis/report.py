@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 
-from loraexp.analysis.plots import p_text
 
 
 def _pts(fraction: float | None, signed: bool = False) -> str:
@@ -216,17 +215,22 @@ def render_report(comparison: dict, figures: list[tuple[str, str]], examples: li
     return "\n".join(lines)
 
 
-def captions(comparison: dict, evidence_has_runs: bool) -> dict[str, str]:
+def p_text(p: float | None) -> str:
+    """p-values as a reader should see them: p < 0.001 below the third decimal, never p = 0.000."""
+    if p is None:
+        return "p n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def captions(comparison: dict) -> dict[str, str]:
     """One caption per figure kind; each states what its bars and intervals mean."""
     seeds = comparison["setting"].get("seeds") or {}
     k = max((len(values) for values in seeds.values()), default=1)
-    prices = comparison.get("setting", {}).get("prices") or {}
     return {
         "fig_01_comparison": f"Accuracy per condition: mean over {k} seeds, min-max over seeds (the spread the seed causes, not a confidence "
                              "interval), Δ = mean minus the untouched baseline in points; strict scorer primary, lenient beside it. The title gives "
                              "each comparison's verdict (see the report for what each test covers).",
-        "fig_02_costs": "Cost per run: adapter size (10^6 bytes), training, validation and evaluation tokens and dollars at the contract's prices"
-                        + (f" (${prices.get('train_per_million')}/M train)." if prices else "."),
+        "fig_02_costs": "Cost per run: adapter size (10^6 bytes), training, validation and evaluation tokens and dollars at the contract's prices.",
         "fig_03_accuracy": f"Accuracy per seed (hollow), mean (filled) and seed range (bar, min-max over {k} seeds, not a confidence interval); "
                            "dotted line: the untouched baseline.",
         "fig_04_disagreement": "Questions answered correctly by exactly one condition, per declared comparison (rows) and seed; exact McNemar per "

@@ -115,7 +115,7 @@ def _exact_sign_flip_p(integers: np.ndarray) -> float:
 def paired_t(d: np.ndarray) -> dict:
     """One-sample t test of mean(d_i) = 0 (scipy), with the mean, its standard error and the degrees of freedom."""
     d = np.asarray(d, dtype=float)
-    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan")
+    se = item_standard_error(d)
     if not se > 0:
         return {"mean": float(d.mean()), "se": se, "t": None, "df": d.size - 1, "p": 1.0 if d.size and not np.any(d) else None}
     result = ttest_1samp(d, 0.0)
@@ -161,7 +161,7 @@ def tost(d: np.ndarray, band: float, alpha: float) -> dict:
     """
     d = np.asarray(d, dtype=float)
     mean, df = float(d.mean()), d.size - 1
-    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan")
+    se = item_standard_error(d)
     if not se > 0:  # every d_i equal: the mean is known exactly
         inside = abs(mean) < band
         return {"band": band, "p": 0.0 if inside else 1.0, "p_lower": None, "p_upper": None, "ci_low": mean, "ci_high": mean,

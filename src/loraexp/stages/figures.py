@@ -26,7 +26,7 @@ def run(session: Session, run_id: str | None = None) -> StageResult:
         return result
     for run_name, files in evidence.files_read.items():
         run.add_input(session.results / run_name, files)
-    comparison, outputs = write_analysis(run.dir, evidence)
+    comparison, outputs, _ = write_analysis(run.dir, evidence)
     primary = comparison["benchmarks"][comparison["primary_benchmark"]]["comparisons"]
     key_figure = {f"{p['a']}-{p['b']}": f"{p['gap_points']:+.2f} pts, {p['verdict']}" for p in primary}
     run.finish(outputs, key_figure=key_figure)

@@ -61,7 +61,7 @@ class _Row:
 class LocalSamplingClient:
     """Samples from one fixed set of weights (a sampler checkpoint, a snapshot, or the base model)."""
 
-    def __init__(self, model: torch.nn.Module, base_model: str, tokenizer_source: str, model_path: str | None = None, token_budget: int = 262_144):
+    def __init__(self, model: torch.nn.Module, base_model: str, tokenizer_source: str, model_path: str | None, token_budget: int):
         self.model = model.eval()
         self.token_budget = token_budget
         self.base_model = base_model

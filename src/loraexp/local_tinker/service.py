@@ -117,7 +117,7 @@ class LocalServiceClient:
     def _sampler(self, model_path: str | None, base_model: str | None) -> LocalSamplingClient:
         if model_path is None:
             source = self._source(base_model)
-            return LocalSamplingClient(lora.load_base_model(source, self.runtime), base_model, source, token_budget=self.runtime.sample_token_budget)
+            return LocalSamplingClient(lora.load_base_model(source, self.runtime), base_model, source, None, self.runtime.sample_token_budget)
         parsed, directory, meta = self.store.resolve(model_path)
         if parsed.checkpoint_type != "sampler":
             segment = parsed.checkpoint_id.split("/")[0]
@@ -136,7 +136,7 @@ class LocalServiceClient:
         # merging is faster to decode; a LoRA on a *tied* lm_head would also change the input embedding
         if not (spec.train_unembed and getattr(model.config, "tie_word_embeddings", False)):
             model = model.merge_and_unload()
-        return LocalSamplingClient(model, spec.base_model, spec.base_source, model_path, token_budget=self.runtime.sample_token_budget)
+        return LocalSamplingClient(model, spec.base_model, spec.base_source, model_path, self.runtime.sample_token_budget)
 
 
 class LocalRestClient:

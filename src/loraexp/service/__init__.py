@@ -110,11 +110,9 @@ def runtime_of(contract: Contract) -> Any:
     """The local client's Runtime from the contract's [local] section (absent: float32 on CPU, bfloat16 on CUDA, sdpa)."""
     from loraexp.local_tinker.model import Runtime
 
-    local = contract.local
-    if local is None:
+    if contract.local is None:
         return Runtime()
-    return Runtime(device=local.device, dtype=local.dtype, attn_implementation=local.attn_implementation,
-                   gradient_checkpointing=local.gradient_checkpointing, sample_token_budget=local.sample_token_budget)
+    return Runtime(**contract.local.model_dump(exclude={"memory_headroom"}))  # every other [local] field is a Runtime field
 
 
 def local_service(local: Any) -> Service:

@@ -117,7 +117,7 @@ def requested_kinds(condition: "LoraCondition") -> tuple[str, ...]:
     return tuple(kind for kind, flag in (("attn", condition.train_attn), ("mlp", condition.train_mlp), ("unembed", condition.train_unembed)) if flag)
 
 
-def deviations(facts: AdapterFacts, condition: "LoraCondition", rank: int, trained: bool) -> list[str]:
+def deviations(facts: AdapterFacts, condition: "LoraCondition", rank: int) -> list[str]:
     """How the adapter differs from what the condition asked for (empty: it is what was asked)."""
     wanted = requested_kinds(condition)
     problems = []
@@ -131,7 +131,7 @@ def deviations(facts: AdapterFacts, condition: "LoraCondition", rank: int, train
         problems.append(f"it has LoRA tensors on modules loraexp does not know ({', '.join(facts.unrecognised_modules)})")
     if facts.ranks != (rank,):
         problems.append(f"its rank is {'/'.join(map(str, facts.ranks)) or 'unreadable'}, not {rank}")
-    if trained and facts.untrained_kinds:
+    if facts.untrained_kinds:
         problems.append(f"its {'/'.join(facts.untrained_kinds)} B matrices are still zero after training: those modules never trained")
     return problems
 

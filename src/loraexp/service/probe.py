@@ -19,7 +19,7 @@ import importlib.metadata
 import logging
 import socket
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -30,6 +30,7 @@ from rich.table import Table
 
 from loraexp.errors import UserError
 from loraexp.files import now_utc, read_json, write_json_atomic
+from loraexp.service.datums import datum_from_row
 from loraexp.service.retry import SERVICE_ERRORS, ServiceRefused, resolve
 
 if TYPE_CHECKING:
@@ -75,8 +76,7 @@ class ProbeResult:
         return {call: error for call, error in self.calls.items() if error != "ok" and (stage == "smoke" or stage in NEEDS[call][0])}
 
     def as_dict(self) -> dict:
-        return {"endpoint": self.endpoint, "calls": self.calls, "warnings": self.warnings, "server": self.server,
-                "greedy_repeats": self.greedy_repeats, "checked_at": self.checked_at, "key": self.key}
+        return asdict(self)
 
 
 def endpoint_of(contract: "Contract") -> str:
@@ -107,16 +107,15 @@ def probe_key(contract: "Contract", endpoint: str) -> str:
 
 
 def cached_probe(path: Path, key: str) -> ProbeResult | None:
-    if not path.exists():
-        return None
+    """The probe saved at `path` while it is for `key` and under CACHE_HOURS old; None when missing, torn or of another shape."""
     try:
         data = read_json(path)
-    except UserError:
+        age = dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(data["checked_at"])
+        if data.get("key") != key or age.total_seconds() > CACHE_HOURS * 3600:
+            return None
+        return ProbeResult(**{field: data[field] for field in ProbeResult.__dataclass_fields__})
+    except (UserError, KeyError, TypeError, ValueError):
         return None
-    age = dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(data["checked_at"])
-    if data.get("key") != key or age.total_seconds() > CACHE_HOURS * 3600:
-        return None
-    return ProbeResult(**{field: data[field] for field in ProbeResult.__dataclass_fields__})
 
 
 def probe_service(service: "Service", contract: "Contract", fresh: bool = False) -> ProbeResult:
@@ -140,14 +139,13 @@ class ProbeRun:
 
     def __init__(self, service: "Service", contract: "Contract", endpoint: str, key: str):
         self.service, self.contract, self.endpoint, self.key = service.tagged("probe", f"probe-{key}"), contract, endpoint, key
-        self.retry = service.retry  # transient failures are retried as everywhere; a missing call fails at once (a permanent error)
         self.calls: dict[str, str] = {call: NOT_REACHED for call in NEEDS}
         self.warnings: list[str] = []
 
     def attempt(self, name: str, call: Callable[[], Any]) -> Any:
         """Run one call (transient failures retried a few times); record ok or the error; None when it failed."""
         try:
-            value = self.retry.call(lambda: resolve(call()), name)
+            value = self.service.call(call, name)  # transient failures retried as everywhere; a missing call fails at once
         except (UserError, *SERVICE_ERRORS, ValueError, TypeError, NotImplementedError, AttributeError, AssertionError) as exc:
             cause = exc.cause if isinstance(exc, ServiceRefused) else exc
             self.calls[name] = f"{type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''}"
@@ -157,8 +155,7 @@ class ProbeRun:
 
     def run(self) -> ProbeResult:
         server = self.server_facts()
-        datum = tinker.Datum(model_input=tinker.ModelInput.from_ints(PROBE_TOKENS[:-1]),
-                             loss_fn_inputs={"target_tokens": PROBE_TOKENS[1:], "weights": [1.0] * (len(PROBE_TOKENS) - 1)})
+        datum = datum_from_row({"tokens": PROBE_TOKENS, "weights": [1.0] * len(PROBE_TOKENS)})
         state_path, client = None, None
         for condition in self.contract.lora.conditions:
             made = self.attempt("create_lora_training_client", lambda c=condition: self.service.client.create_lora_training_client(
@@ -177,7 +174,7 @@ class ProbeRun:
     def server_facts(self) -> dict:
         """The models the server says it offers; refuses a base model it does not list."""
         try:
-            capabilities = self.retry.call(lambda: resolve(self.service.rest.get_server_capabilities()), "get_server_capabilities")
+            capabilities = self.service.call(lambda: self.service.rest.get_server_capabilities(), "get_server_capabilities")
         except (UserError, AttributeError, ValueError) as exc:
             return {"capabilities": f"not reported ({type(exc).__name__})"}
         models = [m.model_name for m in capabilities.supported_models if m.model_name]
@@ -205,7 +202,7 @@ class ProbeRun:
     def check_ttl(self, client: Any, path: str) -> None:
         """A save_state with a TTL must come back with an expiry; an engine that ignores TTLs keeps checkpoints forever."""
         try:
-            listed = self.retry.call(lambda: resolve(self.service.rest.list_checkpoints(client.model_id)), "list_checkpoints").checkpoints
+            listed = self.service.call(lambda: self.service.rest.list_checkpoints(client.model_id), "list_checkpoints").checkpoints
         except (UserError, AttributeError, ValueError) as exc:
             self.warnings.append(f"could not list checkpoints to check the TTL ({type(exc).__name__}); expiry not verified")
             return

@@ -103,7 +103,7 @@ class Retry:
 
     def _next(self, exc: BaseException, what: str, failures: int) -> float:
         """The delay before the next try, or the error that ends the unit."""
-        if not isinstance(exc, InFlightFailure) and not is_transient(exc):
+        if not is_transient(exc):
             raise permanent_error(exc, what) from None
         if failures >= self.attempts:
             raise UserError(f"{what} still failing after {failures} tries without progress ({type(exc).__name__}: {exc}); "

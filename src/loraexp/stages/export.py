@@ -58,7 +58,7 @@ def run(session: Session, push_repo: str | None = None, run_id: str | None = Non
 
 def export_one(contract: Contract, service: Service, summary: dict, out_dir: Path) -> dict:
     """Load the selected state, save sampler weights and the external PEFT adapter, download it and check it."""
-    check_not_expired({"state_path": summary["state_path"], "expires_at": summary["expires_at"]}, f"{summary['condition']} seed {summary['seed']} checkpoint")
+    check_not_expired(summary, f"{summary['condition']} seed {summary['seed']} checkpoint")
     name = f"{summary['condition']}-seed{summary['seed']}-step{summary['selected_step']:06d}"
     client = service.weights_training_client(summary["state_path"])
     sampler_path = service.call(lambda: client.save_weights_for_sampler(name), f"save_weights_for_sampler {name}").path
@@ -66,7 +66,7 @@ def export_one(contract: Contract, service: Service, summary: dict, out_dir: Pat
     external_path = download_adapter(service, client, name, adapter_dir)
     facts = inspect_adapter(adapter_dir)
     condition = contract.condition(summary["condition"])
-    found = deviations(facts, condition, contract.rank_of(condition), trained=True)
+    found = deviations(facts, condition, contract.rank_of(condition))
     if found:
         raise UserError(f"export refused {name}: the adapter the engine returned is not the condition's: {'; '.join(found)} ({adapter_dir})")
     return {

@@ -157,7 +157,7 @@ def smoke_once(contract: Contract, service: Service, run: Run, condition: LoraCo
     adapter_dir = run.path("adapters") / condition.name
     download_adapter(service, client, f"smoke-{condition.name}", adapter_dir, ttl_seconds=SMOKE_TTL_SECONDS)
     facts = inspect_adapter(adapter_dir)
-    adapter_deviations = deviations(facts, condition, rank, trained=True)
+    adapter_deviations = deviations(facts, condition, rank)
     flag_deviations = [f"the backend recorded {flag}={accepted[flag]} for {flag}={requested[flag]}" for flag in FLAGS if accepted[flag] != requested[flag]]
     if recorded.lora_rank != rank:
         flag_deviations.append(f"the backend recorded rank {recorded.lora_rank} for rank {rank}")

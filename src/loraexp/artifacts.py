@@ -330,20 +330,3 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         info["mtime"] = run_dir.stat().st_mtime
         runs.append(info)
     return runs
-
-
-def require_hf_token() -> None:
-    if not os.environ.get("HF_TOKEN"):
-        raise UserError("--push-to-hub needs HF_TOKEN in the environment (a write token from huggingface.co/settings/tokens)")
-
-
-def push_to_hub(folder: Path, repo: str, repo_type: str, path_in_repo: str | None = None) -> None:
-    """Upload `folder` to a Hugging Face `repo_type` ("dataset" or "model") repo; needs network and HF_TOKEN."""
-    require_hf_token()
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    api.create_repo(repo, repo_type=repo_type, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), path_in_repo=path_in_repo, repo_id=repo, repo_type=repo_type,
-                      commit_message=f"loraexp: {folder.name} with its manifests and checksums")
-    log.info("pushed %s to https://huggingface.co/%s%s", folder, "datasets/" if repo_type == "dataset" else "", repo)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from loraexp.artifacts import push_to_hub, require_hf_token
 from loraexp.contracts import Contract
 from loraexp.errors import UserError
 from loraexp.files import read_json, write_json_atomic
+from loraexp.hub import push_to_hub, require_hf_token
 from loraexp.service import Service
 from loraexp.service.adapters import (
     ADAPTER_FILES,

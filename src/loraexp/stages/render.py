@@ -15,34 +15,29 @@ RUNBOOK step: `loraexp render --config X [--data-run ID] [--push-to-hub REPO]`.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from loraexp.artifacts import MANIFEST, Run, cache_root, push_to_hub, require_hf_token
+from loraexp.artifacts import MANIFEST, Run, cache_root
+from loraexp.budget import benchmark_prompt_tokens, estimate_budget
 from loraexp.chat import BatchRenderer, RenderMismatch, generation_prompt_tokens
 from loraexp.contracts import Contract
-from loraexp.data.sources import load_benchmark
 from loraexp.errors import UserError
 from loraexp.files import (
-    file_sha256,
-    read_json,
     read_jsonl,
     write_json_atomic,
     write_jsonl,
     write_text_atomic,
 )
+from loraexp.hub import push_to_hub, require_hf_token, write_hub_dataset
 from loraexp.session import Session, StageResult
 from loraexp.tokenization import load_tokenizer
-from loraexp.training.schedule import cadence_steps, steps_per_epoch
 
 log = logging.getLogger(__name__)
 
 SPLITS = {"train": "train.jsonl", "val": "val.jsonl"}  # build-data file names, kept in the render run
-HUB_SPLIT_NAMES = {"train": "train", "val": "validation"}  # Hugging Face split names
 SAMPLE_ROWS = 2  # decoded examples in sample_render.txt
 
 
@@ -151,76 +146,6 @@ def token_stats(rendered: dict[str, list[dict]], system_tokens: int, rejected: i
     return {"system_prompt_tokens": system_tokens, "rejected_rows": rejected, "splits": splits}
 
 
-def billed_tokens(rows: Sequence[dict]) -> int:
-    """Tokens Tinker bills for these rows as datums: model_input = tokens[:-1] (see datums.datum_from_row)."""
-    return sum(len(row["tokens"]) - 1 for row in rows)
-
-
-def dollars(tokens: float, per_million: float) -> float:
-    return round(tokens * per_million / 1e6, 4)
-
-
-def benchmark_prompt_tokens(contract: Contract, tokenizer: Any) -> dict[str, list[int]] | None:
-    """Per benchmark, the generation-prompt length of every question; None when a benchmark cannot be read (offline)."""
-    render, prompts = contract.render, {}
-    for benchmark in contract.benchmark_specs:
-        try:
-            questions = load_benchmark(contract, benchmark)
-        except UserError as exc:
-            log.warning("budget: benchmark %s not readable, eval cost left null (%s)", benchmark.name, exc)
-            return None
-        questions = questions[: contract.eval.limit] if contract.eval.limit else questions
-        prompts[benchmark.name] = [len(generation_prompt_tokens(tokenizer, render.system_prompt, row["question"], render.enable_thinking)) for row in questions]
-    return prompts
-
-
-def estimate_budget(contract: Contract, rendered: dict[str, list[dict]], bench_prompt_tokens: dict[str, list[int]] | None) -> dict:
-    """Tokens and USD for training (per epoch, run, sweep), validation, lr-select and evaluation at contract prices."""
-    prices, train, select = contract.prices, contract.train, contract.lr_select
-    train_rows, val_rows = rendered["train"], rendered["val"]
-    conditions, seeds = len(contract.lora.conditions), len(train.seeds)
-    per_epoch = billed_tokens(train_rows)
-    spe = steps_per_epoch(len(train_rows), train.batch_size)
-    validations = len(cadence_steps(train, spe, spe * train.epochs))
-    val_pass = billed_tokens(val_rows)
-    run_tokens = per_epoch * train.epochs + val_pass * validations  # validation forward passes billed like training
-    slice_rows = train_rows[: select.train_rows]
-    slice_mean = billed_tokens(slice_rows) / max(len(slice_rows), 1)  # lr-select cycles over this slice
-    grid_point = select.steps * train.batch_size * slice_mean
-    candidates = {str(size): select.steps * size * slice_mean * len(select.batch_size_lr_grid or select.lr_grid) for size in select.batch_size_candidates}
-    lr_sweep = conditions * (len(select.lr_grid) * grid_point + sum(candidates.values()))
-    models = 1 + conditions * seeds  # the untouched base + every final run
-    evaluation = None
-    if bench_prompt_tokens is not None:
-        per_benchmark = {}
-        for name, prompts in bench_prompt_tokens.items():
-            prefill, sampled = sum(prompts), len(prompts) * contract.eval.max_new_tokens
-            per_model = dollars(prefill, prices.prefill_per_million) + dollars(sampled, prices.sample_per_million)
-            per_benchmark[name] = {"questions": len(prompts), "prompt_tokens_per_model": prefill, "max_sampled_tokens_per_model": sampled,
-                                   "usd_per_model": round(per_model, 4), "usd_all_models": round(per_model * models, 4)}
-        evaluation = {"models": models, "benchmarks": per_benchmark, "usd_all_models": round(sum(b["usd_all_models"] for b in per_benchmark.values()), 4)}
-    training = {
-        "train_rows": len(train_rows), "steps_per_epoch": spe, "epochs": train.epochs,
-        "tokens_per_epoch": per_epoch, "usd_per_epoch": dollars(per_epoch, prices.train_per_million),
-        "val_tokens_per_pass": val_pass, "val_passes_per_run": validations,
-        "tokens_per_run": run_tokens, "usd_per_run": dollars(run_tokens, prices.train_per_million),
-        "runs": conditions * seeds, "tokens_per_sweep": run_tokens * conditions * seeds,
-        "usd_per_sweep": dollars(run_tokens * conditions * seeds, prices.train_per_million),
-    }
-    lr_select = {
-        "slice_rows": len(slice_rows), "mean_tokens_per_row": round(slice_mean, 2), "steps": select.steps,
-        "tokens_per_grid_point": round(grid_point), "grid_points": conditions * len(select.lr_grid),
-        "batch_size_candidate_tokens": {size: round(tokens) for size, tokens in candidates.items()},
-        "tokens_per_sweep": round(lr_sweep), "usd_per_sweep": dollars(lr_sweep, prices.train_per_million),
-    }
-    total = training["usd_per_sweep"] + lr_select["usd_per_sweep"] + (evaluation["usd_all_models"] if evaluation else 0.0)
-    return {
-        "prices_usd_per_million": prices.model_dump(), "training": training, "lr_select": lr_select, "eval": evaluation,
-        "usd_total": round(total, 2), "eval_included_in_total": evaluation is not None,
-        "notes": "billed tokens = len(tokens) - 1 per datum; eval sampled tokens are an upper bound (max_new_tokens per question)",
-    }
-
-
 def sample_render(tokenizer: Any, rows: Sequence[dict]) -> str:
     """A few rows decoded, the prompt (weight 0) and trained span (weight 1) shown apart, with the boundary tokens."""
     blocks = []
@@ -237,90 +162,3 @@ def sample_render(tokenizer: Any, rows: Sequence[dict]) -> str:
             f"----- boundary (id:text:weight) -----\n{boundary}",
         ]))
     return "\n\n".join(blocks) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Hub-ready dataset folder
-
-
-def write_hub_dataset(run: Run, data_dir: Path, stats: dict) -> list[str]:
-    """hub_dataset/: raw + rendered splits, manifests, SHA256SUMS and README.md; returns the files (run-relative)."""
-    hub = run.path("hub_dataset")
-    if hub.exists():
-        shutil.rmtree(hub)
-    payloads = {}
-    for split, name in SPLITS.items():
-        hub_split = HUB_SPLIT_NAMES[split]
-        payloads[f"raw/{hub_split}.jsonl"] = data_dir / name
-        payloads[f"rendered/{hub_split}.jsonl"] = run.path(name)
-    payloads["manifests/build-data.json"] = data_dir / MANIFEST
-    payloads["manifests/render-stats.json"] = run.path("stats.json")
-    payloads["manifests/render-budget.json"] = run.path("budget.json")
-    for relative, source in payloads.items():
-        _link_or_copy(source, hub / relative)
-    build_manifest = read_json(data_dir / MANIFEST)
-    write_text_atomic(hub / "README.md", dataset_card(run.contract, build_manifest, stats, run.run_id))
-    files = sorted([*payloads, "README.md"])
-    write_text_atomic(hub / "SHA256SUMS", "".join(f"{file_sha256(hub / name)}  {name}\n" for name in files))
-    return [f"hub_dataset/{name}" for name in [*files, "SHA256SUMS"]]
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard link (no second copy of 100+ MB of tokens), or a copy where links are not possible."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
-def dataset_card(contract: Contract, build_manifest: dict, stats: dict, run_id: str) -> str:
-    """README.md for the Hugging Face dataset repo: sources, counts, rendering, license CC-BY-4.0."""
-    data, render = contract.data, contract.render
-    train, val = stats["splits"]["train"], stats["splits"]["val"]
-    source = "the offline demo generator (`loraexp.demo.data`, OpenMathInstruct-2-shaped)" if data.source == "demo" else f"`{data.source}` split `{data.split}`"
-    return f"""---
-license: cc-by-4.0
-pretty_name: {contract.experiment.name} (loraexp render {run_id})
-configs:
-- config_name: raw
-  data_files:
-  - split: train
-    path: raw/train.jsonl
-  - split: validation
-    path: raw/validation.jsonl
-- config_name: rendered
-  data_files:
-  - split: train
-    path: rendered/train.jsonl
-  - split: validation
-    path: rendered/validation.jsonl
----
-# {contract.experiment.name}: training data of a controlled LoRA experiment
-
-Made by `loraexp build-data` + `loraexp render` (contract SHA-256 `{contract.sha256}`).
-
-## Source
-- Rows from {source}, keeping `problem_source` in {list(data.keep_sources)} (original-source rows only).
-- Gate, dedupe and a split grouped by canonical problem text (seed {data.split_seed}, validation share {data.val_fraction});
-  build-data run `{build_manifest.get('run_id')}` ({build_manifest.get('key_figure', {})}).
-- OpenMathInstruct-2: Toshniwal et al., NVIDIA 2024, CC BY 4.0. This derived dataset is released under CC BY 4.0.
-
-## Counts
-| split | rows | mean tokens | p95 tokens | max tokens | mean answer tokens |
-|---|---:|---:|---:|---:|---:|
-| train | {train['rows']:,} | {train['tokens']['mean']:.1f} | {train['tokens']['p95']:.0f} | {train['tokens']['max']} | {train['answer_tokens']['mean']:.1f} |
-| validation | {val['rows']:,} | {val['tokens']['mean']:.1f} | {val['tokens']['p95']:.0f} | {val['tokens']['max']} | {val['answer_tokens']['mean']:.1f} |
-
-Rows longer than {render.max_tokens} tokens were left out ({stats['rejected_rows']} rows), never truncated.
-
-## Configs
-- `raw`: `row_id`, `problem_source`, `problem`, `generated_solution`, `expected_answer`, `canonical_problem_sha`.
-- `rendered`: `row_id`, `problem_source`, `tokens`, `weights` (0 = prompt, 1 = trained), `prompt_tokens`, `answer_tokens`.
-  Tokenizer `{render.tokenizer}`, chat template with `enable_thinking={render.enable_thinking}` and the system prompt
-  `{render.system_prompt}` ({stats['system_prompt_tokens']} tokens); the sequence ends at `<|im_end|>`.
-
-## Files
-`manifests/` holds the build-data manifest and the render stats and budget; `SHA256SUMS` checks every file
-(`sha256sum -c SHA256SUMS`).
-"""

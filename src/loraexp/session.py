@@ -84,7 +84,8 @@ class Session:
         from loraexp.service import runtime_of
         from loraexp.service.memory import check_memory
 
-        p95 = int(read_json(render_dir / "stats.json")["splits"]["train"]["tokens"]["p95"]) if render_dir else None
+        stats = render_dir / "stats.json" if render_dir else None
+        p95 = int(read_json(stats)["splits"]["train"]["tokens"]["p95"]) if stats and stats.exists() else None  # None: no training plan
         plan = check_memory(self.contract, self.base_model_source, runtime_of(self.contract), stage, p95)
         self.memory_plans[stage] = plan
         return plan
